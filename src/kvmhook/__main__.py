@@ -1,0 +1,206 @@
+"""Command line: kvmhook check | fix | undo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import sys
+from collections.abc import Sequence
+
+from . import edit, report, rules, scan, store
+from .findings import Finding, has_errors
+
+EXIT_OK, EXIT_FINDINGS, EXIT_FAILED = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def _targets(value: str | None) -> frozenset[str] | None:
+    if value is None:
+        return None
+    names = [n for n in re.split(r"[,\s]+", value) if n]
+    bad = [n for n in names if not re.fullmatch(r"[a-z0-9_]+", n)]
+    if bad:
+        raise UsageError(f"--targets: {bad[0]!r} is not a QEMU softmmu target name")
+    return frozenset(names)
+
+
+def _root(value: str) -> str:
+    root = os.path.abspath(value)
+    if not os.path.isdir(root):
+        raise UsageError(f"--root: {value} is not a folder")
+    return root
+
+
+def _facts(args: argparse.Namespace, root: str) -> rules.Facts:
+    return rules.Facts(
+        host_arch=os.uname().machine,
+        installed=rules.installed_targets(root),
+        targets=_targets(args.targets),
+        keep_type=getattr(args, "keep_type", False),
+    )
+
+
+def _fix_command(args: argparse.Namespace, root: str) -> str:
+    words = ["kvmhook", "fix"]
+    if root != "/":
+        words += ["--root", root]
+    if args.targets is not None:
+        words += ["--targets", ",".join(sorted(_targets(args.targets) or ())) or "''"]
+    if args.session:
+        words.append("--session")
+    return " ".join(shlex.quote(w) if w != "''" else w for w in words)
+
+
+def _undo_command(root: str) -> str:
+    return "kvmhook undo" + ("" if root == "/" else f" --root {shlex.quote(root)}")
+
+
+def _findings(outcomes: Sequence[scan.Outcome]) -> list[Finding]:
+    return [f for o in outcomes for f in o.findings]
+
+
+def _emit(
+    args: argparse.Namespace,
+    root: str,
+    findings: list[Finding],
+    head: Sequence[str] = (),
+    fixed: Sequence[str] = (),
+    backup: str | None = None,
+    **extra: object,
+) -> int:
+    if args.json:
+        sys.stdout.write(report.render_json(root, findings, fixed, backup, **extra))
+    else:
+        colour = report.use_colour(sys.stdout)
+        command = _fix_command(args, root) if hasattr(args, "targets") else ""
+        sys.stdout.write(report.render_text(findings, command, colour, head))
+    return EXIT_FINDINGS if has_errors(findings) else EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    root = _root(args.root)
+    outcomes = scan.scan(root, args.session, _facts(args, root))
+    return _emit(args, root, _findings(outcomes))
+
+
+def cmd_fix(args: argparse.Namespace) -> int:
+    root = _root(args.root)
+    facts = _facts(args, root)
+    outcomes = scan.scan(root, args.session, facts)
+    if args.dry_run:
+        diff = "".join(
+            edit.unified_diff(o.config.path, o.config.data or b"", o.new_data)
+            for o in outcomes
+            if o.new_data is not None
+        )
+        if not args.json:
+            sys.stdout.write(diff)
+        return _emit(args, root, _findings(outcomes), diff=diff)
+    run = None
+    changes: list[Finding] = []
+    if any(o.new_data is not None for o in outcomes):
+        with store.lock(root):
+            # Another run may have fixed some files while this one waited.
+            todo = [
+                o for o in scan.scan(root, args.session, facts) if o.new_data is not None
+            ]
+            if todo:
+                plans = [store.Planned(o.config.path, o.config.data, o.new_data) for o in todo]
+                run = store.replace_files(root, plans)
+                changes = [f for o in todo for f in o.changes]
+            outcomes = scan.scan(root, args.session, facts)
+    colour = report.use_colour(sys.stdout) and not args.json
+    head = [report.change_line(f, colour) for f in changes]
+    if run:
+        head.append(
+            report.info(f"Backups in {run}; to put the files back: {_undo_command(root)}", colour)
+        )
+    fixed = sorted({f.file for f in changes})
+    return _emit(
+        args, root, _findings(outcomes), head, fixed, run,
+        changes=[f.as_json() for f in changes],
+    )
+
+
+def cmd_undo(args: argparse.Namespace) -> int:
+    root = _root(args.root)
+    if store.last_run(root) is None:
+        result = store.UndoResult(None, (), ())
+    else:
+        with store.lock(root):
+            result = store.undo(root)
+    refusals = [
+        Finding(
+            file=path, line=None, domain=None, kind="undo-refused", severity="error",
+            current=None, proposed=None, message=f"not restored: {why}",
+        )
+        for path, why in result.refused
+    ]
+    colour = report.use_colour(sys.stdout) and not args.json
+    if result.run is None:
+        head = [report.info("Nothing to undo: no fix run has backups here.", colour)]
+    else:
+        head = [report.info(f"Restored {path}", colour) for path in result.restored]
+        head.append(report.info(f"from {result.run}", colour))
+    return _emit(args, root, refusals, head, result.restored, result.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvmhook",
+        description="Find and safely fix stale qemu-kvm emulator paths in libvirt domain configs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, scanning: bool) -> None:
+        p.add_argument("--root", default="/", help="the system's root folder (default /)")
+        p.add_argument("--json", action="store_true", help="print one JSON document")
+        if scanning:
+            p.add_argument(
+                "--targets",
+                metavar="LIST",
+                help="the QEMU_SOFTMMU_TARGETS the pending qemu merge installs (comma-separated)",
+            )
+            p.add_argument(
+                "--session", action="store_true", help="also the users' session config folders"
+            )
+
+    check = sub.add_parser("check", help="report stale references; writes nothing")
+    common(check, True)
+    check.set_defaults(func=cmd_check)
+    fix = sub.add_parser("fix", help="fix what can be fixed, with backups")
+    common(fix, True)
+    fix.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
+    fix.add_argument(
+        "--keep-type", action="store_true", help="keep type='qemu' domains on TCG emulation"
+    )
+    fix.set_defaults(func=cmd_fix)
+    undo = sub.add_parser("undo", help="restore the files of the last fix run")
+    common(undo, False)
+    undo.set_defaults(func=cmd_undo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (| head); nothing left to tell it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except (UsageError, store.StoreError) as err:
+        print(f"kvmhook: {err}", file=sys.stderr)
+    except OSError as err:
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"kvmhook: {err.strerror or err}{where}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""What is stale in a domain config and what replaces it.
+
+Each check is independent: it takes one config plus the facts of the merge and
+yields findings. New checks register themselves with @check.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from .domains import Config, Domain, Emulator, mention_lines
+from .findings import Change, Finding
+
+WRAPPERS = frozenset({"qemu-kvm", "kvm"})
+BINARY_DIR = "/usr/bin"
+BINARY_PREFIX = "qemu-system-"
+
+# libvirt's names for QEMU targets where they differ from the arch name.
+ARCH_TO_TARGET = {
+    "i686": "i386",
+    "armv6l": "arm",
+    "armv7l": "arm",
+    "ppc64le": "ppc64",
+}
+# A binary that runs the guests of a target that will not be installed.
+COMPATIBLE_TARGET = {"i386": "x86_64", "arm": "aarch64", "ppc": "ppc64"}
+
+_SYSTEM_BINARY = re.compile(r"^/usr/bin/qemu-system-([A-Za-z0-9_]+)$")
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the pending merge (or the host) provides.
+
+    targets: the QEMU_SOFTMMU_TARGETS the merge installs, or None when unknown;
+    then installed (the qemu-system-* binaries present under ROOT) decides.
+    """
+
+    host_arch: str
+    installed: frozenset[str]
+    targets: frozenset[str] | None = None
+    keep_type: bool = False
+
+    def available(self, target: str) -> bool:
+        pool = self.targets if self.targets is not None else self.installed
+        return target in pool
+
+
+def installed_targets(root: str) -> frozenset[str]:
+    folder = os.path.join(root, BINARY_DIR.lstrip("/"))
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return frozenset()
+    return frozenset(n[len(BINARY_PREFIX) :] for n in names if n.startswith(BINARY_PREFIX))
+
+
+def target_for_arch(arch: str) -> str:
+    return ARCH_TO_TARGET.get(arch, arch)
+
+
+def binary(target: str) -> str:
+    return f"{BINARY_DIR}/{BINARY_PREFIX}{target}"
+
+
+def replacement(domain: Domain, facts: Facts) -> tuple[str, str | None]:
+    """(the target libvirt would use for this guest, the one that will exist or None)."""
+    wanted = target_for_arch(domain.arch or facts.host_arch)
+    if facts.available(wanted):
+        return wanted, wanted
+    fallback = COMPATIBLE_TARGET.get(wanted)
+    if fallback and facts.available(fallback):
+        return wanted, fallback
+    return wanted, None
+
+
+def is_wrapper(emulator: Emulator) -> bool:
+    return os.path.basename(emulator.text.strip()) in WRAPPERS
+
+
+Check = Callable[[Config, Facts], Iterable[Finding]]
+CHECKS: list[Check] = []
+
+
+def check(fn: Check) -> Check:
+    CHECKS.append(fn)
+    return fn
+
+
+def evaluate(config: Config, facts: Facts) -> list[Finding]:
+    return [f for fn in CHECKS for f in fn(config, facts)]
+
+
+def _finding(config: Config, line: int | None, **kw) -> Finding:
+    name = config.domain.name if config.domain else None
+    return Finding(file=config.path, line=line, domain=name, **kw)
+
+
+def _ebuild_trips(config: Config) -> bool:
+    if config.mention_lines is not None:
+        return bool(config.mention_lines)
+    return config.data is not None and bool(mention_lines(config.data))
+
+
+@check
+def special_entry(config: Config, facts: Facts) -> Iterator[Finding]:
+    if config.entry == "file":
+        return
+    why = {
+        "symlink": "a symbolic link; kvmhook neither reads nor writes through it,"
+        " but the qemu ebuild's grep follows it",
+        "fifo": "a FIFO; the qemu ebuild's grep may block on it",
+    }.get(config.entry, f"a {config.entry}, not a regular file; libvirt and kvmhook skip it")
+    yield _finding(
+        config, None, kind="not-a-file", severity="warning", current=None, proposed=None,
+        message=f"{os.path.basename(config.path)} is {why}",
+    )
+
+
+@check
+def unreadable(config: Config, facts: Facts) -> Iterator[Finding]:
+    if config.problem_kind in ("unparsable", "unreadable", "not-a-domain"):
+        severity = "error" if _ebuild_trips(config) else "warning"
+        tail = "; the qemu ebuild's grep matches it" if severity == "error" else ""
+        yield _finding(
+            config, None, kind=config.problem_kind, severity=severity, current=None,
+            proposed=None, message=f"{config.problem}; left as it is{tail}",
+        )
+
+
+@check
+def wrapper_emulator(config: Config, facts: Facts) -> Iterator[Finding]:
+    domain = config.domain
+    if domain is None:
+        return
+    for emulator in domain.emulators:
+        if not is_wrapper(emulator):
+            continue
+        current = emulator.text.strip()
+        wanted, target = replacement(domain, facts)
+        why = (
+            f"{current} is a qemu-kvm wrapper, which Gentoo's qemu has not installed since 2.0:"
+            " libvirt cannot start this domain"
+        )
+        if current == "/usr/bin/qemu-kvm":
+            why += ", and the qemu ebuild refuses to merge while a config names it"
+        if target is None:
+            yield _finding(
+                config, emulator.line, kind="wrapper-emulator", severity="error",
+                current=current, proposed=binary(wanted),
+                message=f"{why}; {binary(wanted)} will not be installed: enable"
+                f" qemu_softmmu_targets_{wanted} (QEMU_SOFTMMU_TARGETS) for app-emulation/qemu",
+            )
+            continue
+        if target != wanted:
+            why += f"; {binary(wanted)} will not be installed, {binary(target)} runs this guest"
+        yield _finding(
+            config, emulator.line, kind="wrapper-emulator", severity="error",
+            current=current, proposed=binary(target), message=why,
+            change=Change("emulator", emulator.index, emulator.text, binary(target)),
+        )
+
+
+@check
+def removed_target(config: Config, facts: Facts) -> Iterator[Finding]:
+    if config.domain is None or facts.targets is None:
+        return
+    for emulator in config.domain.emulators:
+        match = _SYSTEM_BINARY.match(emulator.text.strip())
+        if match and match.group(1) not in facts.targets:
+            target = match.group(1)
+            yield _finding(
+                config, emulator.line, kind="removed-target", severity="error",
+                current=emulator.text.strip(), proposed=None,
+                message=f"this qemu merge does not install {binary(target)}: enable"
+                f" qemu_softmmu_targets_{target} (QEMU_SOFTMMU_TARGETS) for app-emulation/qemu",
+            )
+
+
+@check
+def kvm_dropped(config: Config, facts: Facts) -> Iterator[Finding]:
+    domain = config.domain
+    if domain is None or domain.type != "qemu":
+        return
+    if not any(is_wrapper(e) for e in domain.emulators):
+        return
+    why = (
+        "the qemu-kvm wrapper forced KVM, but libvirt takes acceleration from <domain type>:"
+        " with type='qemu' and a plain qemu-system binary this guest runs under TCG"
+        " emulation, tens of times slower"
+    )
+    fixable = replacement(domain, facts)[1] is not None
+    if facts.keep_type:
+        message = f"{why}; type='qemu' kept as asked (--keep-type)"
+        change = None
+    elif fixable:
+        message = f"{why}; the fix sets type='kvm' to keep KVM (--keep-type keeps 'qemu')"
+        change = Change("type", 0, "qemu", "kvm")
+    else:
+        message = f"{why}; set type='kvm' when fixing the emulator"
+        change = None
+    yield _finding(
+        config, domain.line, kind="kvm-dropped", severity="warning",
+        current="type='qemu'", proposed=None if facts.keep_type else "type='kvm'",
+        message=message, change=change,
+    )
+
+
+def leftover_mentions(config: Config, data_after_fix: bytes | None) -> list[Finding]:
+    """The qemu ebuild's own check, run on what the file will hold after the fix."""
+    if config.mention_lines is not None:
+        lines: tuple[int, ...] = config.mention_lines
+    elif data_after_fix is not None:
+        lines = mention_lines(data_after_fix)
+    else:
+        return []
+    return [
+        _finding(
+            config, line, kind="grep-match", severity="error", current="/usr/bin/qemu-kvm",
+            proposed=None,
+            message="the qemu ebuild's pkg_pretend greps every *.xml here for /usr/bin/qemu-kvm"
+            " and dies on this line, which is not an <emulator> kvmhook rewrites"
+            " (a comment, a description, metadata or a damaged file): edit it by hand",
+        )
+        for line in lines
+    ]

@@ -1,0 +1,353 @@
+"""Durable writes: atomic replacement, backups with a manifest, undo and the lock."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+STATE_DIR = "var/lib/kvmhook"
+LOCK_WAIT = 300.0
+
+
+class StoreError(Exception):
+    """kvmhook could not do its job; every original is as it was."""
+
+
+@dataclass(frozen=True)
+class Meta:
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    xattrs: tuple[tuple[str, bytes], ...]
+
+    def as_json(self) -> dict:
+        return {
+            "mode": self.mode,
+            "uid": self.uid,
+            "gid": self.gid,
+            "mtime_ns": self.mtime_ns,
+            "xattrs": {k: v.hex() for k, v in self.xattrs},
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> Meta:
+        xattrs = tuple((k, bytes.fromhex(v)) for k, v in sorted(d["xattrs"].items()))
+        return cls(d["mode"], d["uid"], d["gid"], d["mtime_ns"], xattrs)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A file to replace: the bytes it held when scanned and the bytes to write."""
+
+    path: str
+    old: bytes
+    new: bytes
+
+
+@dataclass(frozen=True)
+class UndoResult:
+    run: str | None
+    restored: tuple[str, ...]
+    refused: tuple[tuple[str, str], ...]  # (path, why)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _reason(err: OSError, what: str) -> str:
+    return f"{what}: {err.strerror or err}"
+
+
+def state_dir(root: str) -> str:
+    return os.path.join(root, STATE_DIR)
+
+
+def backups_dir(root: str) -> str:
+    return os.path.join(state_dir(root), "backups")
+
+
+def _private_dirs(path: str) -> None:
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for folder in reversed(missing):
+        os.mkdir(folder, 0o700)
+        os.chmod(folder, 0o700)
+
+
+@contextlib.contextmanager
+def lock(root: str, wait: float = LOCK_WAIT) -> Iterator[None]:
+    """Serialise fix and undo runs on one ROOT."""
+    path = os.path.join(state_dir(root), "lock")
+    try:
+        _private_dirs(state_dir(root))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise StoreError(_reason(err, f"cannot create the lock {path}")) from None
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StoreError(f"another kvmhook run holds {path}") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_meta(fd: int) -> Meta:
+    st = os.fstat(fd)
+    try:
+        names = sorted(os.listxattr(fd))
+    except OSError as err:
+        if err.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        names = []
+    xattrs = tuple((name, os.getxattr(fd, name)) for name in names)
+    return Meta(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, xattrs)
+
+
+def _apply_meta(fd: int, meta: Meta, keep_mtime: bool) -> None:
+    st = os.fstat(fd)
+    if (st.st_uid, st.st_gid) != (meta.uid, meta.gid):
+        os.fchown(fd, meta.uid, meta.gid)
+    os.fchmod(fd, meta.mode)
+    for name, value in meta.xattrs:
+        os.setxattr(fd, name, value)
+    if keep_mtime:
+        os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
+
+
+def _read_current(path: str) -> tuple[bytes, Meta] | None:
+    """The file's bytes and metadata, or None when it is missing or not a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ELOOP):
+            return None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks), read_meta(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_new(path: str, data: bytes, mode: int = 0o600) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temp_beside(path: str) -> str:
+    # Hidden and not ending in .xml: neither libvirt nor the ebuild's glob picks it up.
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.kvmhook-{secrets.token_hex(4)}.tmp")
+
+
+def _stage(path: str, data: bytes, meta: Meta, keep_mtime: bool) -> str:
+    """A complete, synced copy of data beside path, with path's metadata."""
+    temp = _temp_beside(path)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        _write_all(fd, data)
+        _apply_meta(fd, meta, keep_mtime)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(temp)
+        raise
+    os.close(fd)
+    return temp
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _write_json(path: str, doc: dict) -> None:
+    temp = path + ".tmp"
+    _unlink_quietly(temp)
+    _write_new(temp, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+    os.replace(temp, path)
+    _fsync_dir(os.path.dirname(path))
+
+
+def _new_run_dir(root: str) -> str:
+    base = backups_dir(root)
+    _private_dirs(base)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    for _ in range(100):
+        run = os.path.join(base, f"{stamp}-{secrets.token_hex(3)}")
+        try:
+            os.mkdir(run, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(run, 0o700)
+        return run
+    raise StoreError(f"cannot create a backup folder in {base}")
+
+
+def replace_files(root: str, plans: list[Planned]) -> str:
+    """Back up, then atomically replace every planned file; returns the backup folder.
+
+    Every new file is staged and synced before the first rename, so a full or
+    read-only disk fails before any original is touched.
+    """
+    run = None
+    staged: list[tuple[str, str]] = []
+    renamed = 0
+    try:
+        run = _new_run_dir(root)
+        entries = []
+        for i, plan in enumerate(plans):
+            current = _read_current(plan.path)
+            if current is None or current[0] != plan.old:
+                raise StoreError(f"{plan.path} changed while kvmhook was working; run it again")
+            backup = f"{i:05d}.orig"
+            _write_new(os.path.join(run, backup), plan.old)
+            entries.append(
+                {
+                    "path": os.path.relpath(plan.path, root),
+                    "backup": backup,
+                    "sha256": sha256(plan.old),
+                    "new_sha256": sha256(plan.new),
+                    "meta": current[1].as_json(),
+                }
+            )
+        _fsync_dir(run)
+        manifest = {"schema": 1, "state": "started", "entries": entries}
+        _write_json(os.path.join(run, "manifest.json"), manifest)
+        for plan, entry in zip(plans, entries, strict=True):
+            meta = Meta.from_json(entry["meta"])
+            staged.append((_stage(plan.path, plan.new, meta, keep_mtime=False), plan.path))
+        for temp, path in staged:
+            current = _read_current(path)
+            if current is None or current[0] != plans[renamed].old:
+                raise StoreError(f"{path} changed while kvmhook was working; run it again")
+            os.rename(temp, path)
+            renamed += 1
+        for folder in sorted({os.path.dirname(p) for _, p in staged}):
+            _fsync_dir(folder)
+        manifest["state"] = "done"
+        _write_json(os.path.join(run, "manifest.json"), manifest)
+        return run
+    except OSError as err:
+        for temp, _ in staged[renamed:]:
+            _unlink_quietly(temp)
+        if renamed == 0 and run is not None:
+            _remove_tree(run)
+        where = f" ({renamed} file(s) already replaced; backups in {run})" if renamed else ""
+        raise StoreError(_reason(err, "cannot write the fixed configs") + where) from None
+    except StoreError:
+        for temp, _ in staged[renamed:]:
+            _unlink_quietly(temp)
+        if renamed == 0 and run is not None:
+            _remove_tree(run)
+        raise
+
+
+def _remove_tree(folder: str) -> None:
+    for name in os.listdir(folder):
+        _unlink_quietly(os.path.join(folder, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)
+
+
+def _manifest(run: str) -> dict | None:
+    try:
+        with open(os.path.join(run, "manifest.json"), "rb") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("schema") == 1 else None
+
+
+def last_run(root: str) -> str | None:
+    """The newest backup folder whose run has not been undone."""
+    base = backups_dir(root)
+    try:
+        names = sorted(os.listdir(base), reverse=True)
+    except FileNotFoundError:
+        return None
+    for name in names:
+        doc = _manifest(os.path.join(base, name))
+        if doc is not None and doc.get("state") != "undone":
+            return os.path.join(base, name)
+    return None
+
+
+def undo(root: str) -> UndoResult:
+    """Restore the files of the last fix run, refusing any that changed since."""
+    run = last_run(root)
+    if run is None:
+        return UndoResult(None, (), ())
+    manifest = _manifest(run)
+    assert manifest is not None
+    restored, refused = [], []
+    for entry in manifest["entries"]:
+        path = os.path.join(root, entry["path"])
+        current = _read_current(path)
+        if current is None:
+            refused.append((path, "missing or no longer a regular file since the fix"))
+            continue
+        digest = sha256(current[0])
+        if digest == entry["sha256"]:
+            continue
+        if digest != entry["new_sha256"]:
+            refused.append((path, "changed since the fix run; restore it by hand if wanted"))
+            continue
+        with open(os.path.join(run, entry["backup"]), "rb") as f:
+            original = f.read()
+        if sha256(original) != entry["sha256"]:
+            refused.append((path, f"its backup in {run} is damaged"))
+            continue
+        try:
+            temp = _stage(path, original, Meta.from_json(entry["meta"]), keep_mtime=True)
+            os.rename(temp, path)
+            _fsync_dir(os.path.dirname(path))
+        except OSError as err:
+            raise StoreError(_reason(err, f"cannot restore {path}")) from None
+        restored.append(path)
+    if not refused:
+        manifest["state"] = "undone"
+        _write_json(os.path.join(run, "manifest.json"), manifest)
+    return UndoResult(run, tuple(restored), tuple(refused))
