@@ -106,9 +106,7 @@ def cmd_fix(args: argparse.Namespace) -> int:
     if any(o.new_data is not None for o in outcomes):
         with store.lock(root):
             # Another run may have fixed some files while this one waited.
-            todo = [
-                o for o in scan.scan(root, args.session, facts) if o.new_data is not None
-            ]
+            todo = [o for o in scan.scan(root, args.session, facts) if o.new_data is not None]
             if todo:
                 plans = [store.Planned(o.config.path, o.config.data, o.new_data) for o in todo]
                 run = store.replace_files(root, plans)
@@ -122,7 +120,12 @@ def cmd_fix(args: argparse.Namespace) -> int:
         )
     fixed = sorted({f.file for f in changes})
     return _emit(
-        args, root, _findings(outcomes), head, fixed, run,
+        args,
+        root,
+        _findings(outcomes),
+        head,
+        fixed,
+        run,
         changes=[f.as_json() for f in changes],
     )
 
@@ -136,8 +139,14 @@ def cmd_undo(args: argparse.Namespace) -> int:
             result = store.undo(root)
     refusals = [
         Finding(
-            file=path, line=None, domain=None, kind="undo-refused", severity="error",
-            current=None, proposed=None, message=f"not restored: {why}",
+            file=path,
+            line=None,
+            domain=None,
+            kind="undo-refused",
+            severity="error",
+            current=None,
+            proposed=None,
+            message=f"not restored: {why}",
         )
         for path, why in result.refused
     ]

@@ -230,7 +230,7 @@ def parse_tree(data: bytes):
     try:
         root = etree.fromstring(data, xml_parser())
     except etree.XMLSyntaxError as err:
-        raise ValueError(f"not well-formed XML: {err.msg} (line {err.lineno})") from None
+        raise ValueError(f"not well-formed XML: {err.msg}") from None
     dtd = root.getroottree().docinfo.internalDTD
     if dtd is not None:
         names = [e.name for e in dtd.iterentities()]

@@ -115,7 +115,12 @@ def special_entry(config: Config, facts: Facts) -> Iterator[Finding]:
         "fifo": "a FIFO; the qemu ebuild's grep may block on it",
     }.get(config.entry, f"a {config.entry}, not a regular file; libvirt and kvmhook skip it")
     yield _finding(
-        config, None, kind="not-a-file", severity="warning", current=None, proposed=None,
+        config,
+        None,
+        kind="not-a-file",
+        severity="warning",
+        current=None,
+        proposed=None,
         message=f"{os.path.basename(config.path)} is {why}",
     )
 
@@ -126,8 +131,13 @@ def unreadable(config: Config, facts: Facts) -> Iterator[Finding]:
         severity = "error" if _ebuild_trips(config) else "warning"
         tail = "; the qemu ebuild's grep matches it" if severity == "error" else ""
         yield _finding(
-            config, None, kind=config.problem_kind, severity=severity, current=None,
-            proposed=None, message=f"{config.problem}; left as it is{tail}",
+            config,
+            None,
+            kind=config.problem_kind,
+            severity=severity,
+            current=None,
+            proposed=None,
+            message=f"{config.problem}; left as it is{tail}",
         )
 
 
@@ -149,8 +159,12 @@ def wrapper_emulator(config: Config, facts: Facts) -> Iterator[Finding]:
             why += ", and the qemu ebuild refuses to merge while a config names it"
         if target is None:
             yield _finding(
-                config, emulator.line, kind="wrapper-emulator", severity="error",
-                current=current, proposed=binary(wanted),
+                config,
+                emulator.line,
+                kind="wrapper-emulator",
+                severity="error",
+                current=current,
+                proposed=binary(wanted),
                 message=f"{why}; {binary(wanted)} will not be installed: enable"
                 f" qemu_softmmu_targets_{wanted} (QEMU_SOFTMMU_TARGETS) for app-emulation/qemu",
             )
@@ -158,8 +172,13 @@ def wrapper_emulator(config: Config, facts: Facts) -> Iterator[Finding]:
         if target != wanted:
             why += f"; {binary(wanted)} will not be installed, {binary(target)} runs this guest"
         yield _finding(
-            config, emulator.line, kind="wrapper-emulator", severity="error",
-            current=current, proposed=binary(target), message=why,
+            config,
+            emulator.line,
+            kind="wrapper-emulator",
+            severity="error",
+            current=current,
+            proposed=binary(target),
+            message=why,
             change=Change("emulator", emulator.index, emulator.text, binary(target)),
         )
 
@@ -173,8 +192,12 @@ def removed_target(config: Config, facts: Facts) -> Iterator[Finding]:
         if match and match.group(1) not in facts.targets:
             target = match.group(1)
             yield _finding(
-                config, emulator.line, kind="removed-target", severity="error",
-                current=emulator.text.strip(), proposed=None,
+                config,
+                emulator.line,
+                kind="removed-target",
+                severity="error",
+                current=emulator.text.strip(),
+                proposed=None,
                 message=f"this qemu merge does not install {binary(target)}: enable"
                 f" qemu_softmmu_targets_{target} (QEMU_SOFTMMU_TARGETS) for app-emulation/qemu",
             )
@@ -203,9 +226,14 @@ def kvm_dropped(config: Config, facts: Facts) -> Iterator[Finding]:
         message = f"{why}; set type='kvm' when fixing the emulator"
         change = None
     yield _finding(
-        config, domain.line, kind="kvm-dropped", severity="warning",
-        current="type='qemu'", proposed=None if facts.keep_type else "type='kvm'",
-        message=message, change=change,
+        config,
+        domain.line,
+        kind="kvm-dropped",
+        severity="warning",
+        current="type='qemu'",
+        proposed=None if facts.keep_type else "type='kvm'",
+        message=message,
+        change=change,
     )
 
 
@@ -219,7 +247,11 @@ def leftover_mentions(config: Config, data_after_fix: bytes | None) -> list[Find
         return []
     return [
         _finding(
-            config, line, kind="grep-match", severity="error", current="/usr/bin/qemu-kvm",
+            config,
+            line,
+            kind="grep-match",
+            severity="error",
+            current="/usr/bin/qemu-kvm",
             proposed=None,
             message="the qemu ebuild's pkg_pretend greps every *.xml here for /usr/bin/qemu-kvm"
             " and dies on this line, which is not an <emulator> kvmhook rewrites"

@@ -214,9 +214,11 @@ def _write_json(path: str, doc: dict) -> None:
 def _new_run_dir(root: str) -> str:
     base = backups_dir(root)
     _private_dirs(base)
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     for _ in range(100):
-        run = os.path.join(base, f"{stamp}-{secrets.token_hex(3)}")
+        # Names sort by time: undo takes the newest.
+        now = time.time_ns()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9))
+        run = os.path.join(base, f"{stamp}.{now // 1000 % 10**6:06d}Z")
         try:
             os.mkdir(run, 0o700)
         except FileExistsError:

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvmhook.__main__ import main
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "virt-manager"
+
+
+def domain_xml(
+    name: str = "vm1",
+    emulator: str | None = "/usr/bin/qemu-kvm",
+    dtype: str = "kvm",
+    arch: str | None = "x86_64",
+    extra: str = "",
+) -> bytes:
+    """A domain written the way libvirt writes one."""
+    arch_attr = f" arch='{arch}'" if arch else ""
+    emu = f"    <emulator>{emulator}</emulator>\n" if emulator is not None else ""
+    return (
+        "<!--\nWARNING: THIS IS AN AUTO-GENERATED FILE. CHANGES TO IT ARE LIKELY TO BE\n"
+        "OVERWRITTEN AND LOST. Changes to this xml configuration should be made using:\n"
+        f"  virsh edit {name}\nor other application using the libvirt API.\n-->\n\n"
+        f"<domain type='{dtype}'>\n"
+        f"  <name>{name}</name>\n"
+        "  <uuid>4dea22b3-1d52-d8f3-2516-782e98ab3fa0</uuid>\n"
+        "  <memory unit='KiB'>1048576</memory>\n"
+        "  <vcpu placement='static'>1</vcpu>\n"
+        "  <os>\n"
+        f"    <type{arch_attr} machine='pc'>hvm</type>\n"
+        "    <boot dev='hd'/>\n"
+        "  </os>\n"
+        f"{extra}"
+        "  <devices>\n"
+        f"{emu}"
+        "    <disk type='file' device='disk'>\n"
+        "      <source file='/var/lib/libvirt/images/vm.qcow2'/>\n"
+        "      <target dev='vda' bus='virtio'/>\n"
+        "    </disk>\n"
+        "    <graphics type='vnc' port='-1' passwd='secret'/>\n"
+        "  </devices>\n"
+        "</domain>\n"
+    ).encode()
+
+
+def line_of(data: bytes, needle: bytes) -> int:
+    return data[: data.index(needle)].count(b"\n") + 1
+
+
+class Root:
+    """A throw-away system root with a libvirt config folder."""
+
+    def __init__(self, path: Path, capsys=None, binaries=("x86_64", "aarch64")):
+        self.path = path
+        self.capsys = capsys
+        self.qemu = path / "etc/libvirt/qemu"
+        self.qemu.mkdir(parents=True)
+        bindir = path / "usr/bin"
+        bindir.mkdir(parents=True)
+        for target in binaries:
+            (bindir / f"qemu-system-{target}").write_text("#!/bin/sh\n")
+
+    def add(self, name: str, data: bytes, mode: int = 0o600) -> Path:
+        p = self.qemu / name
+        p.write_bytes(data)
+        p.chmod(mode)
+        return p
+
+    def snapshot(self) -> dict[str, tuple]:
+        """Every entry below the root with its bytes' hash and metadata."""
+        seen = {}
+        for dirpath, dirnames, filenames in os.walk(self.path):
+            for name in dirnames + filenames:
+                p = os.path.join(dirpath, name)
+                st = os.lstat(p)
+                digest = None
+                if os.path.isfile(p) and not os.path.islink(p):
+                    digest = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+                seen[os.path.relpath(p, self.path)] = (
+                    st.st_mode,
+                    st.st_uid,
+                    st.st_gid,
+                    st.st_size,
+                    st.st_mtime_ns,
+                    digest,
+                )
+        return seen
+
+    def run(self, *args: str) -> tuple[int, str]:
+        """kvmhook in this process, with --root; (exit status, stdout)."""
+        code = main([*args, "--root", str(self.path)])
+        return code, self.capsys.readouterr().out
+
+    def json(self, *args: str) -> tuple[int, dict]:
+        code, out = self.run(*args, "--json")
+        return code, json.loads(out)
+
+
+def run_module(*args: str, timeout: float = 60, env=None) -> subprocess.CompletedProcess:
+    """kvmhook as its own process, as users and the hook run it."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "kvmhook", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def root(tmp_path: Path, capsys) -> Root:
+    return Root(tmp_path / "root", capsys)
