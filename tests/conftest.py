@@ -96,7 +96,9 @@ class Root:
     def run(self, *args: str) -> tuple[int, str]:
         """kvmhook in this process, with --root; (exit status, stdout)."""
         code = main([*args, "--root", str(self.path)])
-        return code, self.capsys.readouterr().out
+        captured = self.capsys.readouterr()
+        self.err = captured.err
+        return code, captured.out
 
     def json(self, *args: str) -> tuple[int, dict]:
         code, out = self.run(*args, "--json")

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import domain_xml, run_module
@@ -45,7 +46,7 @@ def test_fix_backs_up_outside_the_config_folder(root):
     assert entry["meta"]["mode"] == 0o640
     backup = os.path.join(run, entry["backup"])
     assert stat.S_IMODE(os.stat(backup).st_mode) == 0o600
-    assert open(backup, "rb").read() == original
+    assert Path(backup).read_bytes() == original
     assert not any(name.endswith(".xml") for name in os.listdir(run))
 
 

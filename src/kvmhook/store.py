@@ -236,55 +236,81 @@ def replace_files(root: str, plans: list[Planned]) -> str:
     """
     run = None
     staged: list[tuple[str, str]] = []
+    metas: list[Meta] = []
     renamed = 0
     try:
         run = _new_run_dir(root)
-        entries = []
-        for i, plan in enumerate(plans):
-            current = _read_current(plan.path)
-            if current is None or current[0] != plan.old:
-                raise StoreError(f"{plan.path} changed while kvmhook was working; run it again")
-            backup = f"{i:05d}.orig"
-            _write_new(os.path.join(run, backup), plan.old)
-            entries.append(
-                {
-                    "path": os.path.relpath(plan.path, root),
-                    "backup": backup,
-                    "sha256": sha256(plan.old),
-                    "new_sha256": sha256(plan.new),
-                    "meta": current[1].as_json(),
-                }
-            )
-        _fsync_dir(run)
-        manifest = {"schema": 1, "state": "started", "entries": entries}
-        _write_json(os.path.join(run, "manifest.json"), manifest)
-        for plan, entry in zip(plans, entries, strict=True):
-            meta = Meta.from_json(entry["meta"])
+        metas = _back_up(root, run, plans)
+        for plan, meta in zip(plans, metas, strict=True):
             staged.append((_stage(plan.path, plan.new, meta, keep_mtime=False), plan.path))
-        for temp, path in staged:
-            current = _read_current(path)
-            if current is None or current[0] != plans[renamed].old:
-                raise StoreError(f"{path} changed while kvmhook was working; run it again")
+        for (temp, path), plan in zip(staged, plans, strict=True):
+            _unchanged_or_fail(plan)
             os.rename(temp, path)
             renamed += 1
-        for folder in sorted({os.path.dirname(p) for _, p in staged}):
+        for folder in sorted({os.path.dirname(p.path) for p in plans}):
             _fsync_dir(folder)
-        manifest["state"] = "done"
-        _write_json(os.path.join(run, "manifest.json"), manifest)
-        return run
-    except OSError as err:
+    except (OSError, StoreError) as err:
         for temp, _ in staged[renamed:]:
             _unlink_quietly(temp)
-        if renamed == 0 and run is not None:
+        rolled_back = _roll_back(plans[:renamed], metas)
+        if rolled_back and run is not None:
             _remove_tree(run)
-        where = f" ({renamed} file(s) already replaced; backups in {run})" if renamed else ""
+        if isinstance(err, StoreError):
+            raise
+        where = "" if rolled_back else f" (some files were replaced; backups in {run})"
         raise StoreError(_reason(err, "cannot write the fixed configs") + where) from None
-    except StoreError:
-        for temp, _ in staged[renamed:]:
-            _unlink_quietly(temp)
-        if renamed == 0 and run is not None:
-            _remove_tree(run)
-        raise
+    with contextlib.suppress(OSError):
+        # The "started" manifest already serves undo; this only records completion.
+        _set_state(run, "done")
+    return run
+
+
+def _back_up(root: str, run: str, plans: list[Planned]) -> list[Meta]:
+    entries, metas = [], []
+    for i, plan in enumerate(plans):
+        meta = _unchanged_or_fail(plan)
+        backup = f"{i:05d}.orig"
+        _write_new(os.path.join(run, backup), plan.old)
+        entries.append(
+            {
+                "path": os.path.relpath(plan.path, root),
+                "backup": backup,
+                "sha256": sha256(plan.old),
+                "new_sha256": sha256(plan.new),
+                "meta": meta.as_json(),
+            }
+        )
+        metas.append(meta)
+    _fsync_dir(run)
+    _write_json(
+        os.path.join(run, "manifest.json"), {"schema": 1, "state": "started", "entries": entries}
+    )
+    return metas
+
+
+def _unchanged_or_fail(plan: Planned) -> Meta:
+    current = _read_current(plan.path)
+    if current is None or current[0] != plan.old:
+        raise StoreError(f"{plan.path} changed while kvmhook was working; run it again")
+    return current[1]
+
+
+def _roll_back(done: list[Planned], metas: list[Meta]) -> bool:
+    """Put back the originals already replaced; False when one could not be."""
+    ok = True
+    for plan, meta in zip(done, metas, strict=False):
+        try:
+            os.rename(_stage(plan.path, plan.old, meta, keep_mtime=True), plan.path)
+        except OSError:
+            ok = False
+    return ok
+
+
+def _set_state(run: str, state: str) -> None:
+    manifest = _manifest(run)
+    if manifest is not None:
+        manifest["state"] = state
+        _write_json(os.path.join(run, "manifest.json"), manifest)
 
 
 def _remove_tree(folder: str) -> None:
@@ -350,6 +376,5 @@ def undo(root: str) -> UndoResult:
             raise StoreError(_reason(err, f"cannot restore {path}")) from None
         restored.append(path)
     if not refused:
-        manifest["state"] = "undone"
-        _write_json(os.path.join(run, "manifest.json"), manifest)
+        _set_state(run, "undone")
     return UndoResult(run, tuple(restored), tuple(refused))
