@@ -18,7 +18,7 @@ TARGETS = ("x86_64", "i386", "aarch64", "arm", "ppc64", "riscv64", "s390x", "loo
 
 
 def wrapper_files() -> set[str]:
-    """Names of corpus files whose <devices><emulator> is a qemu-kvm wrapper (said independently)."""
+    """Corpus files whose <devices><emulator> is a qemu-kvm wrapper, found independently."""
     names = set()
     for path in CORPUS.glob("*.xml"):
         for emulator in etree.parse(str(path)).getroot().findall("devices/emulator"):
