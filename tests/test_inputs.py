@@ -19,11 +19,19 @@ def test_only_top_level_xml_entries_are_configs(root):
     for sub in ("autostart", "networks"):
         (root.qemu / sub).mkdir()
         (root.qemu / sub / "vm1.xml").write_bytes(domain_xml())
-    root.add(".hidden.xml", domain_xml())
     root.add("notes.txt", b"/usr/bin/qemu-kvm")
     code, doc = root.json("check")
     assert code == 1
     assert {f["file"] for f in doc["findings"]} == {str(root.qemu / "vm1.xml")}
+
+
+def test_hidden_files_are_configs_libvirt_loads_but_the_ebuild_does_not_grep(root):
+    extra = "  <description>/usr/bin/qemu-kvm</description>\n"
+    hidden = root.add(".hidden.xml", domain_xml(extra=extra))
+    code, doc = root.json("fix")
+    assert code == 0 and doc["fixed"] == [str(hidden)]
+    assert doc["findings"] == []
+    assert b"<description>/usr/bin/qemu-kvm</description>" in hidden.read_bytes()
 
 
 def test_session_folders(root):

@@ -52,6 +52,11 @@ class Config:
     mention_lines: tuple[int, ...] | None = None  # only for files too large to hold
     stat: os.stat_result | None = field(default=None, compare=False, repr=False)
 
+    @property
+    def globbed(self) -> bool:
+        """Whether the qemu ebuild's *.xml glob sees it; libvirt also loads hidden ones."""
+        return not os.path.basename(self.path).startswith(".")
+
 
 def config_folders(root: str, session: bool) -> list[str]:
     """The config folders below root that exist, system folder first."""
@@ -84,11 +89,7 @@ def _links_below(base: str, folder: str) -> bool:
 def discover(folders: list[str]) -> Iterator[Config]:
     """Every top-level *.xml entry of each folder, read safely and parsed."""
     for folder in folders:
-        names = sorted(
-            e.name
-            for e in os.scandir(folder)
-            if e.name.endswith(".xml") and not e.name.startswith(".")
-        )
+        names = sorted(e.name for e in os.scandir(folder) if e.name.endswith(".xml"))
         for name in names:
             yield read_config(os.path.join(folder, name))
 

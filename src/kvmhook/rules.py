@@ -100,6 +100,8 @@ def _finding(config: Config, line: int | None, **kw) -> Finding:
 
 
 def _ebuild_trips(config: Config) -> bool:
+    if not config.globbed:
+        return False
     if config.mention_lines is not None:
         return bool(config.mention_lines)
     return config.data is not None and bool(mention_lines(config.data))
@@ -239,6 +241,8 @@ def kvm_dropped(config: Config, facts: Facts) -> Iterator[Finding]:
 
 def leftover_mentions(config: Config, data_after_fix: bytes | None) -> list[Finding]:
     """The qemu ebuild's own check, run on what the file will hold after the fix."""
+    if not config.globbed:
+        return []
     if config.mention_lines is not None:
         lines: tuple[int, ...] = config.mention_lines
     elif data_after_fix is not None:
