@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # A libvirt domain is a few KiB; anything far larger is not one and is not parsed.
 MAX_SIZE = 16 * 1024 * 1024
@@ -21,7 +22,6 @@ class Emulator:
     index: int
     text: str
     line: int | None
-    plain: bool  # text only, no child elements
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,6 @@ class Config:
     problem_kind: str | None = None
     problem: str | None = None
     mention_lines: tuple[int, ...] | None = None  # only for files too large to hold
-    stat: os.stat_result | None = field(default=None, compare=False, repr=False)
 
     @property
     def globbed(self) -> bool:
@@ -115,10 +114,11 @@ def read_config(path: str) -> Config:
         return Config(path, "file", problem_kind="unreadable", problem=_oserror(err))
     kind = _entry_kind(st.st_mode)
     if kind == "symlink":
-        try:
-            data, lines, _ = _read_regular(path, follow=True)
-        except OSError:
-            data, lines = None, None
+        data, lines = None, None
+        # Opening a device can have side effects (a tape rewinds): open regular targets only.
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.stat(path).st_mode):
+                data, lines, _ = _read_regular(path, follow=True)
         return Config(path, kind, data=data, mention_lines=lines)
     if kind != "file":
         return Config(path, kind)
@@ -138,7 +138,7 @@ def read_config(path: str) -> Config:
             mention_lines=lines,
         )
     domain, problem_kind, problem = parse(data)
-    return Config(path, kind, data, domain, problem_kind, problem, stat=st)
+    return Config(path, kind, data, domain, problem_kind, problem)
 
 
 def _read_regular(
@@ -251,7 +251,7 @@ def parse(data: bytes) -> tuple[Domain | None, str | None, str | None]:
         return None, "not-a-domain", f"root element is <{tag}>, not <domain>"
     os_type = root.find("os/type")
     emulators = tuple(
-        Emulator(i, "".join(el.itertext()), el.sourceline, len(el) == 0)
+        Emulator(i, "".join(el.itertext()), el.sourceline)
         for i, el in enumerate(root.findall("devices/emulator"))
     )
     return (
