@@ -9,7 +9,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from . import edit, report, rules, scan, store
+from . import edit, hook, report, rules, scan, store
 from .findings import Finding, has_errors
 
 EXIT_OK, EXIT_FINDINGS, EXIT_FAILED = 0, 1, 2
@@ -88,6 +88,22 @@ def cmd_check(args: argparse.Namespace) -> int:
     return _emit(args, root, _findings(outcomes))
 
 
+def _apply_fix(
+    root: str, session: bool, facts: rules.Facts, outcomes: list[scan.Outcome]
+) -> tuple[list[Finding], str | None, list[scan.Outcome]]:
+    """(the findings fixed, the backup folder, what is left) after fixing what can be."""
+    if not any(o.new_data is not None for o in outcomes):
+        return [], None, outcomes
+    with store.lock(root):
+        # Another run may have fixed some files while this one waited.
+        todo = [o for o in scan.scan(root, session, facts) if o.new_data is not None]
+        if not todo:
+            return [], None, scan.scan(root, session, facts)
+        plans = [store.Planned(o.config.path, o.config.data, o.new_data) for o in todo]
+        run = store.replace_files(root, plans)
+        return [f for o in todo for f in o.changes], run, scan.scan(root, session, facts)
+
+
 def cmd_fix(args: argparse.Namespace) -> int:
     root = _root(args.root)
     facts = _facts(args, root)
@@ -101,17 +117,7 @@ def cmd_fix(args: argparse.Namespace) -> int:
         if not args.json:
             sys.stdout.write(diff)
         return _emit(args, root, _findings(outcomes), diff=diff)
-    run = None
-    changes: list[Finding] = []
-    if any(o.new_data is not None for o in outcomes):
-        with store.lock(root):
-            # Another run may have fixed some files while this one waited.
-            todo = [o for o in scan.scan(root, args.session, facts) if o.new_data is not None]
-            if todo:
-                plans = [store.Planned(o.config.path, o.config.data, o.new_data) for o in todo]
-                run = store.replace_files(root, plans)
-                changes = [f for o in todo for f in o.changes]
-            outcomes = scan.scan(root, args.session, facts)
+    changes, run, outcomes = _apply_fix(root, args.session, facts, outcomes)
     colour = report.use_colour(sys.stdout) and not args.json
     head = [report.change_line(f, colour) for f in changes]
     if run:
@@ -159,6 +165,51 @@ def cmd_undo(args: argparse.Namespace) -> int:
     return _emit(args, root, refusals, head, result.restored, result.run)
 
 
+HOOK_STOP = 3  # tells the bash snippet to die
+
+
+def cmd_hook(args: argparse.Namespace) -> int:
+    """The portage snippet's entry: print 'eerror|ewarn|elog TEXT' lines for portage."""
+    root = _root(args.root)
+    facts = _facts(args, root)
+    outcomes = scan.scan(root, args.session, facts)
+    commands = (_fix_command(args, root), _undo_command(root))
+    lines: list[str] = []
+    if args.mode == "fix":
+        try:
+            changes, run, outcomes = _apply_fix(root, args.session, facts, outcomes)
+        except store.StoreError as err:
+            lines = report.portage_failure(str(err))
+            print("\n".join(lines))
+            return HOOK_STOP
+        lines += report.portage_changes(changes, run, commands[1])
+    findings = _findings(outcomes)
+    stop = has_errors(findings) and args.mode != "warn"
+    lines += report.portage_findings(findings, commands, stop, args.mode)
+    if lines:
+        print("\n".join(lines))
+    return HOOK_STOP if stop else EXIT_OK
+
+
+def cmd_install_hook(args: argparse.Namespace) -> int:
+    path, changed = hook.install(_root(args.root))
+    print(
+        f"{'Wired' if changed else 'Already wired'}: {path} sources {hook.snippet_path(args.root)}"
+    )
+    return EXIT_OK
+
+
+def cmd_uninstall_hook(args: argparse.Namespace) -> int:
+    path, changed = hook.uninstall(_root(args.root))
+    print(f"{'Removed the kvmhook line from' if changed else 'No kvmhook line in'} {path}")
+    return EXIT_OK
+
+
+def cmd_hook_path(args: argparse.Namespace) -> int:
+    print(hook.snippet_path(_root(args.root)))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kvmhook",
@@ -192,6 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
     undo = sub.add_parser("undo", help="restore the files of the last fix run")
     common(undo, False)
     undo.set_defaults(func=cmd_undo)
+
+    run_hook = sub.add_parser("hook", help="what the portage snippet runs (prints elog lines)")
+    common(run_hook, True)
+    run_hook.add_argument("--mode", choices=("explain", "fix", "warn"), default="explain")
+    run_hook.set_defaults(func=cmd_hook, keep_type=False)
+    for name, func, text in (
+        ("install-hook", cmd_install_hook, "source the snippet from ROOT/etc/portage/bashrc"),
+        ("uninstall-hook", cmd_uninstall_hook, "remove that line again"),
+        ("hook-path", cmd_hook_path, "print where the snippet is installed"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--root", default="/", help="the system's root folder (default /)")
+        p.set_defaults(func=func)
     return parser
 
 

@@ -83,3 +83,66 @@ def render_json(
     }
     doc.update(extra)
     return json.dumps(doc, indent=2) + "\n"
+
+
+# Lines for the portage snippet: "<function> <text>", where function is eerror, ewarn or elog.
+
+
+def _grouped(findings: Sequence[Finding]) -> dict[str, list[Finding]]:
+    groups: dict[str, list[Finding]] = {}
+    for f in findings:
+        groups.setdefault(f.file, []).append(f)
+    return groups
+
+
+def portage_findings(
+    findings: Sequence[Finding], commands: tuple[str, str], stop: bool, mode: str
+) -> list[str]:
+    """One block per domain config; when the merge stops, the commands that fix it."""
+    if not findings:
+        return []
+    level = "eerror" if stop else "ewarn"
+    groups = _grouped(findings)
+    lines = [
+        f"{level} kvmhook: {len(groups)} libvirt domain config(s) need attention"
+        " before qemu without the qemu-kvm wrapper is merged:"
+    ]
+    for file, group in groups.items():
+        domain = next((f.domain for f in group if f.domain), None)
+        lines.append(f"{level} {file}" + (f" (domain {domain})" if domain else "") + ":")
+        for f in group:
+            where = f"line {f.line}" if f.line is not None else "file"
+            change = f": {f.current} -> {f.proposed or '(no automatic fix)'}" if f.current else ""
+            lines.append(f"{level}   {f.severity} [{f.kind}] {where}{change}")
+            lines.append(f"{level}     {f.message}")
+    if stop:
+        fix_command, undo_command = commands
+        if any(f.fixable for f in findings):
+            lines += [
+                f"{level} To fix what kvmhook can (with backups), run:",
+                f"{level}   {fix_command}",
+                f"{level} and to put the files back afterwards:",
+                f"{level}   {undo_command}",
+            ]
+            if mode == "explain":
+                lines.append(
+                    f"{level} Or set KVMHOOK_MODE=fix (make.conf or /etc/portage/env) to fix them"
+                    " during the merge."
+                )
+        if any(not f.fixable and f.severity == "error" for f in findings):
+            lines.append(f"{level} Entries without an automatic fix must be edited by hand.")
+    return lines
+
+
+def portage_changes(changes: Sequence[Finding], run: str | None, undo_command: str) -> list[str]:
+    lines = [f"elog kvmhook: fixed {_where(f)}: {f.current} -> {f.proposed}" for f in changes]
+    if run:
+        lines.append(f"elog kvmhook: backups in {run}; to put the files back: {undo_command}")
+    return lines
+
+
+def portage_failure(reason: str) -> list[str]:
+    return [
+        f"eerror kvmhook could not fix the libvirt domain configs: {reason}",
+        "eerror Every original is as it was.",
+    ]

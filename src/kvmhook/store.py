@@ -378,3 +378,13 @@ def undo(root: str) -> UndoResult:
     if not refused:
         _set_state(run, "undone")
     return UndoResult(run, tuple(restored), tuple(refused))
+
+
+def write_atomic(path: str, data: bytes, new_mode: int = 0o644) -> None:
+    """Replace (or create) one file atomically, keeping its metadata when it exists."""
+    current = _read_current(path)
+    fresh = Meta(new_mode, os.geteuid(), os.getegid(), 0, ())
+    meta = current[1] if current is not None else fresh
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.rename(_stage(path, data, meta, keep_mtime=False), path)
+    _fsync_dir(os.path.dirname(path))
