@@ -130,7 +130,7 @@ def portage_findings(
                     " during the merge."
                 )
         if any(not f.fixable and f.severity == "error" for f in findings):
-            lines.append(f"{level} Entries without an automatic fix must be edited by hand.")
+            lines.append(f"{level} Entries without an automatic fix say above what they need.")
     return lines
 
 
