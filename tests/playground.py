@@ -146,7 +146,9 @@ class Playground:
         """Exactly what 'kvmhook install-hook' writes into EROOT/etc/portage/bashrc."""
         proc = subprocess.run(
             [sys.executable, "-m", "kvmhook", "install-hook", "--root", str(self.eroot)],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         assert "Wired" in proc.stdout
 
