@@ -175,4 +175,4 @@ class Playground:
 
 
 def scratch_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="kvmhook-pg-"))
+    return Path(tempfile.mkdtemp(prefix="emerge-playground-"))
