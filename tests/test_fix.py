@@ -166,7 +166,8 @@ def test_json_schema(root):
     root.add("vm.xml", domain_xml())
     code, doc = root.json("check")
     assert code == 1
-    assert set(doc) == {"schema", "root", "findings", "fixed", "backup"}
+    assert set(doc) == {"schema", "root", "findings", "fixed", "backup", "daemon"}
+    assert doc["daemon"]["reached"] is False and doc["daemon"]["uri"] is None
     assert doc["schema"] == 1 and doc["root"] == str(root.path)
     (f,) = doc["findings"]
     assert set(f) == {

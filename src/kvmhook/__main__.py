@@ -8,8 +8,9 @@ import re
 import shlex
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
-from . import edit, hook, report, rules, scan, store
+from . import edit, hook, libvirt, report, rules, scan, store
 from .findings import Finding, has_errors
 
 EXIT_OK, EXIT_FINDINGS, EXIT_FAILED = 0, 1, 2
@@ -36,13 +37,19 @@ def _root(value: str) -> str:
     return root
 
 
-def _facts(args: argparse.Namespace, root: str) -> rules.Facts:
+def _facts(args: argparse.Namespace, root: str, link: libvirt.Link) -> rules.Facts:
     return rules.Facts(
         host_arch=os.uname().machine,
         installed=rules.installed_targets(root),
         targets=_targets(args.targets),
         keep_type=getattr(args, "keep_type", False),
+        held=link.held(),
+        daemon=link.uri,
     )
+
+
+def _link(args: argparse.Namespace, root: str) -> libvirt.Link:
+    return libvirt.attach(args.connect, root, getattr(args, "session", False))
 
 
 def _fix_command(args: argparse.Namespace, root: str) -> str:
@@ -78,36 +85,80 @@ def _emit(
     else:
         colour = report.use_colour(sys.stdout)
         command = _fix_command(args, root) if hasattr(args, "targets") else ""
-        sys.stdout.write(report.render_text(findings, command, colour, head))
+        clean = "" if hasattr(args, "targets") else "Done."
+        sys.stdout.write(report.render_text(findings, command, colour, head, clean))
     return EXIT_FINDINGS if has_errors(findings) else EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     root = _root(args.root)
-    outcomes = scan.scan(root, args.session, _facts(args, root))
-    return _emit(args, root, _findings(outcomes))
+    link = _link(args, root)
+    outcomes = scan.scan(root, args.session, _facts(args, root, link))
+    colour = report.use_colour(sys.stdout) and not args.json
+    head = [report.info(link.note, colour)]
+    return _emit(args, root, _findings(outcomes), head, daemon=link.as_json())
 
 
 def _apply_fix(
-    root: str, session: bool, facts: rules.Facts, outcomes: list[scan.Outcome]
-) -> tuple[list[Finding], str | None, list[scan.Outcome]]:
-    """(the findings fixed, the backup folder, what is left) after fixing what can be."""
-    if not any(o.new_data is not None for o in outcomes):
-        return [], None, outcomes
+    root: str, session: bool, facts: rules.Facts, outcomes: list[scan.Outcome], link: libvirt.Link
+) -> tuple[list[Finding], str | None, list[scan.Outcome], list[libvirt.Synced]]:
+    """(the findings fixed, the backup folder, what is left, daemon syncs) after fixing."""
+    if not any(o.new_data is not None or o.daemon_behind for o in outcomes):
+        return [], None, outcomes, []
     with store.lock(root):
         # Another run may have fixed some files while this one waited.
-        todo = [o for o in scan.scan(root, session, facts) if o.new_data is not None]
-        if not todo:
-            return [], None, scan.scan(root, session, facts)
-        plans = [store.Planned(o.config.path, o.config.data, o.new_data) for o in todo]
-        run = store.replace_files(root, plans)
-        return [f for o in todo for f in o.changes], run, scan.scan(root, session, facts)
+        todo = [o for o in scan.scan(root, session, facts) if o.new_data or o.daemon_behind]
+        edited = [o for o in todo if o.new_data is not None]
+        run = None
+        if edited:
+            plans = [store.Planned(o.config.path, o.config.data, o.new_data) for o in edited]
+            run = store.replace_files(root, plans)
+        synced = _sync(link, [(o.config.path, o.new_data or o.config.data) for o in todo])
+        if run:
+            for s in synced:
+                if s.how == "defined":  # the daemon wrote the file in its own format
+                    store.note_rewrite(root, run, s.path)
+        facts = replace(facts, held=link.held())
+        after = scan.scan(root, session, facts)
+    changes = [f for o in todo for f in o.changes]
+    changes += [
+        f for o in todo if o.daemon_behind for f in o.findings if f.kind == "daemon-differs"
+    ]
+    return changes, run, after, synced
+
+
+def _sync(link: libvirt.Link, files: list[tuple[str, bytes]]) -> list[libvirt.Synced]:
+    if link.conn is None:
+        return []
+    done = [libvirt.sync(link.conn, link.uri, path, data) for path, data in files]
+    return [s for s in done if s is not None]
+
+
+def _not_updated(synced: Sequence[libvirt.Synced], findings: list[Finding]) -> list[Finding]:
+    """Findings with each daemon that could not be brought in line said once, as an error."""
+    failed = {s.path: s for s in synced if not s.verified}
+    kept = [f for f in findings if not (f.file in failed and f.kind == "daemon-differs")]
+    return kept + [
+        Finding(
+            file=s.path,
+            line=None,
+            domain=s.domain,
+            kind="daemon-not-updated",
+            severity="error",
+            current=None,
+            proposed=None,
+            message=s.note,
+        )
+        for s in failed.values()
+    ]
 
 
 def cmd_fix(args: argparse.Namespace) -> int:
     root = _root(args.root)
-    facts = _facts(args, root)
+    link = _link(args, root)
+    facts = _facts(args, root, link)
     outcomes = scan.scan(root, args.session, facts)
+    colour = report.use_colour(sys.stdout) and not args.json
     if args.dry_run:
         diff = "".join(
             edit.unified_diff(o.config.path, o.config.data or b"", o.new_data)
@@ -116,33 +167,44 @@ def cmd_fix(args: argparse.Namespace) -> int:
         )
         if not args.json:
             sys.stdout.write(diff)
-        return _emit(args, root, _findings(outcomes), diff=diff)
-    changes, run, outcomes = _apply_fix(root, args.session, facts, outcomes)
-    colour = report.use_colour(sys.stdout) and not args.json
+        head = [report.info(link.note, colour)]
+        return _emit(args, root, _findings(outcomes), head, diff=diff, daemon=link.as_json())
+    try:
+        changes, run, outcomes, synced = _apply_fix(root, args.session, facts, outcomes, link)
+    finally:
+        link.close()
     head = [report.change_line(f, colour) for f in changes]
     if run:
         head.append(
             report.info(f"Backups in {run}; to put the files back: {_undo_command(root)}", colour)
         )
-    fixed = sorted({f.file for f in changes})
+    head.append(report.info(link.note, colour))
+    head += [line for s in synced for line in report.sync_lines(s, link.uri, colour)]
+    fixed = sorted({f.file for f in changes if f.change and f.change.what != "daemon"})
     return _emit(
         args,
         root,
-        _findings(outcomes),
+        _not_updated(synced, _findings(outcomes)),
         head,
         fixed,
         run,
         changes=[f.as_json() for f in changes],
+        daemon=link.as_json(),
+        synced=[s.as_json() for s in synced],
     )
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
     root = _root(args.root)
+    link = _link(args, root)
+    synced: list[libvirt.Synced] = []
     if store.last_run(root) is None:
         result = store.UndoResult(None, (), ())
     else:
         with store.lock(root):
             result = store.undo(root)
+            synced = _sync(link, [(p, _read(p)) for p in result.restored])
+    link.close()
     refusals = [
         Finding(
             file=path,
@@ -162,7 +224,23 @@ def cmd_undo(args: argparse.Namespace) -> int:
     else:
         head = [report.info(f"Restored {path}", colour) for path in result.restored]
         head.append(report.info(f"from {result.run}", colour))
-    return _emit(args, root, refusals, head, result.restored, result.run)
+    head.append(report.info(link.note, colour))
+    head += [line for s in synced for line in report.sync_lines(s, link.uri, colour)]
+    return _emit(
+        args,
+        root,
+        _not_updated(synced, refusals),
+        head,
+        result.restored,
+        result.run,
+        daemon=link.as_json(),
+        synced=[s.as_json() for s in synced],
+    )
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 HOOK_STOP = 3  # tells the bash snippet to die
@@ -171,19 +249,28 @@ HOOK_STOP = 3  # tells the bash snippet to die
 def cmd_hook(args: argparse.Namespace) -> int:
     """The portage snippet's entry: print 'eerror|ewarn|elog TEXT' lines for portage."""
     root = _root(args.root)
-    facts = _facts(args, root)
+    link = _link(args, root)
+    facts = _facts(args, root, link)
     outcomes = scan.scan(root, args.session, facts)
     commands = (_fix_command(args, root), _undo_command(root))
     lines: list[str] = []
+    synced: list[libvirt.Synced] = []
     if args.mode == "fix":
         try:
-            changes, run, outcomes = _apply_fix(root, args.session, facts, outcomes)
+            changes, run, outcomes, synced = _apply_fix(root, args.session, facts, outcomes, link)
         except store.StoreError as err:
             lines = report.portage_failure(str(err))
             print("\n".join(lines))
             return HOOK_STOP
+        finally:
+            link.close()
         lines += report.portage_changes(changes, run, commands[1])
-    findings = _findings(outcomes)
+        lines += [
+            f"elog {line.strip(' *')}" for s in synced for line in report.sync_lines(s, link.uri)
+        ]
+        if run and link.conn is None:
+            lines.append(f"elog kvmhook: {link.note}")
+    findings = _not_updated(synced, _findings(outcomes))
     stop = has_errors(findings) and args.mode != "warn"
     lines += report.portage_findings(findings, commands, stop, args.mode)
     if lines:
@@ -220,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser, scanning: bool) -> None:
         p.add_argument("--root", default="/", help="the system's root folder (default /)")
         p.add_argument("--json", action="store_true", help="print one JSON document")
+        p.add_argument(
+            "--connect",
+            metavar="URI",
+            help="the libvirt daemon that owns the configs (default: LIBVIRT_DEFAULT_URI, else"
+            " qemu:///system for --root / when its socket exists)",
+        )
         if scanning:
             p.add_argument(
                 "--targets",

@@ -10,9 +10,10 @@ Severity = Literal["error", "warning"]
 
 @dataclass(frozen=True)
 class Change:
-    """One value a fix rewrites: the text of the index-th <devices><emulator>, or <domain type>."""
+    """One value a fix rewrites: the index-th <devices><emulator> text, <domain type>, or
+    ("daemon") the definition a libvirt daemon holds, brought in line with the file."""
 
-    what: Literal["emulator", "type"]
+    what: Literal["emulator", "type", "daemon"]
     index: int
     old: str
     new: str

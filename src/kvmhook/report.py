@@ -45,11 +45,11 @@ def info(text: str, colour: bool = False) -> str:
     return f"{_star('info', colour)}{text}"
 
 
-def summary(findings: Sequence[Finding], colour: bool = False) -> str:
+def summary(findings: Sequence[Finding], colour: bool = False, clean: str = "") -> str:
     errors = sum(f.severity == "error" for f in findings)
     warnings = len(findings) - errors
     if not findings:
-        return info("No stale emulator references found.", colour)
+        return info(clean or "No stale emulator references found.", colour)
     level = "error" if errors else "warning"
     return f"{_star(level, colour)}{errors} error(s), {warnings} warning(s)."
 
@@ -59,11 +59,12 @@ def render_text(
     fix_command: str,
     colour: bool = False,
     head: Sequence[str] = (),
+    clean: str = "",
 ) -> str:
     lines = list(head)
     for f in findings:
         lines += finding_block(f, fix_command, colour)
-    lines.append(summary(findings, colour))
+    lines.append(summary(findings, colour, clean))
     return "\n".join(lines) + "\n"
 
 
@@ -146,3 +147,23 @@ def portage_failure(reason: str) -> list[str]:
         f"eerror kvmhook could not fix the libvirt domain configs: {reason}",
         "eerror Every original is as it was.",
     ]
+
+
+def sync_lines(s, uri: str | None, colour: bool = False) -> list[str]:
+    """What became of one daemon's copy of a file (s is a libvirt.Synced)."""
+    star = _star("info" if s.verified else "error", colour)
+    how = {
+        "defined": "defined through libvirt, verified",
+        "reloaded": "re-read by the daemon, verified",
+    }.get(s.how)
+    if how is None:
+        return [f"{star}libvirt ({uri}) still holds the old definition of {s.domain}: {s.note}"]
+    lines = [f"{star}libvirt ({uri}) now holds the file's definition of {s.domain} ({how})"]
+    if s.note:
+        lines.append(f"{star}  {s.note}")
+    if s.active:
+        lines.append(
+            f"{star}  {s.domain} is running: the new emulator applies from its next cold"
+            " start (shut it down, then start it)"
+        )
+    return lines

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .domains import Config, Domain, Emulator, mention_lines
 from .findings import Change, Finding
+
+if TYPE_CHECKING:
+    from .libvirt import Held
 
 WRAPPERS = frozenset({"qemu-kvm", "kvm"})
 BINARY_DIR = "/usr/bin"
@@ -43,6 +47,8 @@ class Facts:
     installed: frozenset[str]
     targets: frozenset[str] | None = None
     keep_type: bool = False
+    held: Mapping[str, Held] | None = None  # by UUID; None when no daemon was reached
+    daemon: str | None = None  # its URI
 
     def available(self, target: str) -> bool:
         pool = self.targets if self.targets is not None else self.installed
@@ -234,6 +240,44 @@ def kvm_dropped(config: Config, facts: Facts) -> Iterator[Finding]:
         severity="warning",
         current="type='qemu'",
         proposed=None if facts.keep_type else "type='kvm'",
+        message=message,
+        change=change,
+    )
+
+
+@check
+def daemon_differs(config: Config, facts: Facts) -> Iterator[Finding]:
+    domain = config.domain
+    if facts.held is None or domain is None or not domain.uuid:
+        return
+    held = facts.held.get(domain.uuid.lower())
+    if held is None or held.name != domain.name:
+        return
+    in_file = tuple(e.text.strip() for e in domain.emulators)
+    if (held.emulators, held.type) == (in_file, domain.type):
+        return
+    stale = any(os.path.basename(e) in WRAPPERS for e in held.emulators)
+    file_stale = any(is_wrapper(e) for e in domain.emulators)
+    current = f"type={held.type!r}, emulator {', '.join(held.emulators) or '(none)'}"
+    proposed = f"type={domain.type!r}, emulator {', '.join(in_file) or '(none)'}"
+    message = (
+        f"libvirt ({facts.daemon}) holds a definition of this domain that differs from the file"
+        " (someone edited the file by hand?); the daemon writes its copy back over the file at"
+        " the next --config change (virsh desc/setmaxmem --config, virt-manager)"
+    )
+    change = None
+    if stale and not file_stale:
+        message += "; the fix makes the daemon take the file's definition"
+        change = Change("daemon", 0, current, proposed)
+    else:
+        message += f"; to keep the file's version: virsh -c {facts.daemon} define {config.path}"
+    yield _finding(
+        config,
+        domain.emulators[0].line if domain.emulators else domain.line,
+        kind="daemon-differs",
+        severity="error" if stale else "warning",
+        current=current,
+        proposed=proposed,
         message=message,
         change=change,
     )

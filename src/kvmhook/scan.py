@@ -19,10 +19,15 @@ class Outcome:
     def changes(self) -> tuple[Finding, ...]:
         return tuple(f for f in self.findings if f.fixable) if self.new_data else ()
 
+    @property
+    def daemon_behind(self) -> bool:
+        """The file is right but the daemon holds a stale copy of it."""
+        return any(f.fixable and f.change.what == "daemon" for f in self.findings)
+
 
 def assess(config: Config, facts: rules.Facts) -> Outcome:
     findings = rules.evaluate(config, facts)
-    changes = [f.change for f in findings if f.change is not None]
+    changes = [f.change for f in findings if f.change is not None and f.change.what != "daemon"]
     new_data = None
     if changes and config.entry == "file" and config.data is not None:
         try:

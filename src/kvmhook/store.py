@@ -306,6 +306,18 @@ def _roll_back(done: list[Planned], metas: list[Meta]) -> bool:
     return ok
 
 
+def note_rewrite(root: str, run: str, path: str) -> None:
+    """Record the bytes a libvirt daemon wrote over a fixed file, so that undo accepts them."""
+    manifest = _manifest(run)
+    current = _read_current(path)
+    if manifest is None or current is None:
+        return
+    for entry in manifest["entries"]:
+        if os.path.join(root, entry["path"]) == path:
+            entry.setdefault("rewritten_sha256", []).append(sha256(current[0]))
+    _write_json(os.path.join(run, "manifest.json"), manifest)
+
+
 def _set_state(run: str, state: str) -> None:
     manifest = _manifest(run)
     if manifest is not None:
@@ -360,7 +372,7 @@ def undo(root: str) -> UndoResult:
         digest = sha256(current[0])
         if digest == entry["sha256"]:
             continue
-        if digest != entry["new_sha256"]:
+        if digest not in (entry["new_sha256"], *entry.get("rewritten_sha256", ())):
             refused.append((path, "changed since the fix run; restore it by hand if wanted"))
             continue
         with open(os.path.join(run, entry["backup"]), "rb") as f:

@@ -1,0 +1,347 @@
+"""Talking to a running libvirt daemon: through libvirt-python when importable, else virsh.
+
+A daemon keeps its own copy of every domain definition and writes it back over
+the file at the next --config change, so a fix it does not hold gets lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+VIRSH_TIMEOUT = 60
+RELOAD_WAIT = 10.0
+
+
+class DaemonError(Exception):
+    """The daemon refused or failed; the text is libvirt's reason."""
+
+
+@dataclass(frozen=True)
+class Held:
+    """What the daemon holds of one domain: its inactive (persistent) definition."""
+
+    name: str
+    uuid: str
+    active: bool
+    type: str | None
+    emulators: tuple[str, ...]
+
+
+def held_from_xml(xml: str, active: bool) -> Held:
+    from .domains import parse_tree
+
+    root = parse_tree(xml.encode())
+    return Held(
+        name=(root.findtext("name") or "").strip(),
+        uuid=(root.findtext("uuid") or "").strip().lower(),
+        active=active,
+        type=root.get("type"),
+        emulators=tuple((e.text or "").strip() for e in root.findall("devices/emulator")),
+    )
+
+
+class Library:
+    """libvirt-python."""
+
+    via = "libvirt-python"
+
+    def __init__(self, module, uri: str):
+        self._libvirt = module
+        module.registerErrorHandler(lambda *_: None, None)  # no stray lines on stderr
+        try:
+            self._conn = module.open(uri)
+        except module.libvirtError as err:
+            raise DaemonError(err.get_error_message()) from None
+
+    def _domain(self, uuid: str):
+        try:
+            return self._conn.lookupByUUIDString(uuid)
+        except self._libvirt.libvirtError:
+            return None
+
+    def held(self, uuid: str) -> Held | None:
+        dom = self._domain(uuid)
+        if dom is None:
+            return None
+        try:
+            xml = dom.XMLDesc(self._libvirt.VIR_DOMAIN_XML_INACTIVE)
+            return held_from_xml(xml, bool(dom.isActive()))
+        except self._libvirt.libvirtError as err:
+            raise DaemonError(err.get_error_message()) from None
+
+    def all_held(self) -> list[Held]:
+        try:
+            domains = self._conn.listAllDomains()
+        except self._libvirt.libvirtError as err:
+            raise DaemonError(err.get_error_message()) from None
+        return [h for h in (self.held(d.UUIDString()) for d in domains) if h is not None]
+
+    def define(self, xml: str) -> None:
+        try:
+            self._conn.defineXML(xml)
+        except self._libvirt.libvirtError as err:
+            raise DaemonError(err.get_error_message()) from None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.close()
+
+
+class Virsh:
+    """The virsh command, for hosts without libvirt-python."""
+
+    via = "virsh"
+
+    def __init__(self, virsh: str, uri: str):
+        self._virsh, self._uri = virsh, uri
+        self._run("uri")
+
+    def _run(self, *args: str) -> str:
+        try:
+            proc = subprocess.run(
+                [self._virsh, "-q", "-c", self._uri, *args],
+                capture_output=True,
+                text=True,
+                timeout=VIRSH_TIMEOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "LC_ALL": "C"},
+            )
+        except subprocess.TimeoutExpired:
+            raise DaemonError(f"virsh {args[0]} did not answer in {VIRSH_TIMEOUT} s") from None
+        if proc.returncode != 0:
+            reason = proc.stderr.strip().removeprefix("error: ").splitlines()
+            raise DaemonError(reason[-1] if reason else f"virsh {args[0]} failed")
+        return proc.stdout
+
+    def held(self, uuid: str) -> Held | None:
+        try:
+            state = self._run("domstate", uuid).strip()
+        except DaemonError:
+            return None
+        return held_from_xml(self._run("dumpxml", "--inactive", uuid), state != "shut off")
+
+    def all_held(self) -> list[Held]:
+        uuids = self._run("list", "--all", "--uuid").split()
+        return [h for h in (self.held(u) for u in uuids) if h is not None]
+
+    def define(self, xml: str) -> None:
+        with tempfile.TemporaryDirectory(prefix="kvmhook-") as tmp:
+            path = os.path.join(tmp, "domain.xml")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(xml)
+            self._run("define", path)
+
+    def close(self) -> None:
+        pass
+
+
+def default_uri(root: str, session: bool) -> str | None:
+    """The daemon to talk to when none is named, or None when there is none to reach."""
+    if os.environ.get("LIBVIRT_DEFAULT_URI"):
+        return os.environ["LIBVIRT_DEFAULT_URI"]
+    if os.path.realpath(root) == "/" and any(os.path.exists(p) for p in _system_sockets()):
+        return "qemu:///system"
+    if session and os.path.realpath(root) == "/" and _session_socket():
+        return "qemu:///session"
+    return None
+
+
+def _system_sockets() -> list[str]:
+    return ["/run/libvirt/virtqemud-sock", "/run/libvirt/libvirt-sock"]
+
+
+def _session_socket() -> str | None:
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or os.path.expanduser("~/.cache")
+    for name in ("virtqemud-sock", "libvirt-sock"):
+        path = os.path.join(runtime, "libvirt", name)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def socket_path(uri: str) -> str | None:
+    """The local socket a URI reaches, or None (remote, or unknown)."""
+    parts = urlsplit(uri)
+    if parts.hostname or (parts.scheme not in ("qemu", "qemu+unix")):
+        return None
+    given = parse_qs(parts.query).get("socket")
+    if given:
+        return given[0]
+    if parts.path == "/system":
+        return next((p for p in _system_sockets() if os.path.exists(p)), None)
+    if parts.path == "/session":
+        return _session_socket()
+    return None
+
+
+def daemon_pid(uri: str) -> int | None:
+    """The PID of the local daemon behind a URI, from its socket's peer credentials."""
+    path = socket_path(uri)
+    if path is None:
+        return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        try:
+            sock.connect(path)
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        except OSError:
+            return None
+    pid = struct.unpack("3i", creds)[0]
+    return pid or None
+
+
+def connect(uri: str):
+    """A connection through libvirt-python, else virsh; raises DaemonError with why not."""
+    try:
+        module = importlib.import_module("libvirt")
+    except ImportError:
+        module = None
+    if module is not None:
+        return Library(module, uri)
+    virsh = shutil.which("virsh")
+    if virsh is None:
+        raise DaemonError("neither libvirt-python nor virsh is installed")
+    return Virsh(virsh, uri)
+
+
+def reload(uri: str) -> bool:
+    """Ask the daemon to re-read its config files (SIGHUP); False when it cannot be asked."""
+    pid = daemon_pid(uri)
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError:
+        return False
+    return True
+
+
+def wait_for(conn, uuid: str, want: Held) -> bool:
+    """Whether the daemon comes to hold want's emulators and type (a reload takes a moment)."""
+    deadline = time.monotonic() + RELOAD_WAIT
+    while True:
+        try:
+            held = conn.held(uuid)
+        except DaemonError:
+            held = None
+        if held is not None and (held.emulators, held.type) == (want.emulators, want.type):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class Synced:
+    """How a daemon was brought in line with one file."""
+
+    path: str
+    domain: str
+    how: str  # "defined", "reloaded" or "not-updated"
+    active: bool
+    note: str
+
+    @property
+    def verified(self) -> bool:
+        return self.how != "not-updated"
+
+    def as_json(self) -> dict:
+        return {
+            "file": self.path,
+            "domain": self.domain,
+            "how": self.how,
+            "verified": self.verified,
+            "running": self.active,
+            "note": self.note,
+        }
+
+
+def sync(conn, uri: str, path: str, data: bytes) -> Synced | None:
+    """Make the daemon hold the definition in data, which is already on disk at path.
+
+    Defining through libvirt comes first; when libvirt refuses (a binary not yet
+    installed, a virt type it lacks), the daemon re-reads its files on SIGHUP.
+    None when the daemon does not know this domain (by UUID and name).
+    """
+    from lxml import etree
+
+    from .domains import parse_tree
+
+    root = parse_tree(data)
+    want = held_from_xml(etree.tostring(root, encoding="unicode"), False)
+    try:
+        held = conn.held(want.uuid) if want.uuid else None
+    except DaemonError:
+        held = None
+    if held is None or held.name != want.name:
+        return None
+    try:
+        conn.define(etree.tostring(root, encoding="unicode"))
+        refused = None
+    except DaemonError as err:
+        refused = str(err)
+    if refused is None and wait_for(conn, want.uuid, want):
+        return Synced(path, want.name, "defined", held.active, "")
+    if reload(uri) and wait_for(conn, want.uuid, want):
+        why = f"libvirt refused the definition ({refused}); " if refused else ""
+        return Synced(
+            path, want.name, "reloaded", held.active, f"{why}the daemon re-read its files"
+        )
+    why = f"libvirt refused the definition ({refused})" if refused else "libvirt did not take it"
+    return Synced(
+        path,
+        want.name,
+        "not-updated",
+        held.active,
+        f"{why} and the daemon could not be made to re-read its files: after the merge run"
+        f" 'virsh -c {uri} define {path}', or restart the daemon, before any other change"
+        " to this domain",
+    )
+
+
+@dataclass
+class Link:
+    """A reached daemon, or why none was: what fix, undo and check say about it."""
+
+    uri: str | None
+    conn: object | None
+    note: str
+
+    def held(self) -> dict[str, Held] | None:
+        if self.conn is None:
+            return None
+        try:
+            return {h.uuid: h for h in self.conn.all_held()}
+        except DaemonError as err:
+            self.conn, self.note = None, f"no libvirt daemon reached at {self.uri}: {err}"
+            return None
+
+    def as_json(self) -> dict:
+        via = getattr(self.conn, "via", None)
+        return {"uri": self.uri, "reached": self.conn is not None, "via": via, "note": self.note}
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+def attach(uri: str | None, root: str, session: bool) -> Link:
+    uri = uri or default_uri(root, session)
+    if uri is None:
+        return Link(None, None, "no libvirt daemon reached: none runs for this root (--connect)")
+    try:
+        conn = connect(uri)
+    except DaemonError as err:
+        return Link(uri, None, f"no libvirt daemon reached at {uri}: {err}")
+    return Link(uri, conn, f"libvirt daemon {uri} reached through {conn.via}")

@@ -1,0 +1,155 @@
+"""Fixes that a running libvirt daemon keeps, against a real session libvirtd."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import Root, domain_xml
+from daemon import LIBVIRTD, VIRSH, Daemon, bootable
+
+NEW = "/usr/bin/qemu-system-x86_64"
+
+if os.geteuid() != 0:
+    pytestmark = pytest.mark.skip(reason="starting libvirtd as an unprivileged user needs root")
+elif not (LIBVIRTD and VIRSH) and not os.environ.get("CI"):
+    pytestmark = pytest.mark.skip(reason="libvirtd and virsh are not installed (.ci/run does it)")
+
+
+@pytest.fixture
+def daemon_root(capsys):
+    """A test ROOT whose etc/libvirt/qemu is a running session daemon's config folder."""
+    # Not under pytest's tmp_path: the daemon's user must be able to reach it.
+    base = Path(tempfile.mkdtemp(prefix="kvmhook-libvirtd-"))
+    root = Root(base / "root", capsys)
+    daemon = Daemon(base / "daemon", root.path)
+    root.daemon = daemon
+    try:
+        yield root
+    finally:
+        daemon.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["libvirt-python", "virsh"])
+def backend(request, monkeypatch, tmp_path):
+    """Take one way to the daemon away, so that the other is the one used."""
+    if request.param == "virsh":
+        monkeypatch.setitem(sys.modules, "libvirt", None)  # import libvirt fails
+    else:
+        pytest.importorskip("libvirt", reason="libvirt-python is a test dependency")
+        empty = tmp_path / "empty-path"
+        empty.mkdir()
+        monkeypatch.setenv("PATH", str(empty))  # no virsh to be found
+    return request.param
+
+
+def start_with(root: Root, files: dict[str, bytes]) -> Daemon:
+    for name, data in files.items():
+        root.add(name, data)
+    root.daemon.start()
+    return root.daemon
+
+
+def test_fix_survives_config_changes_and_the_domain_starts(daemon_root, backend):
+    d = start_with(daemon_root, {"vm1.xml": bootable()})
+    assert "vm1" in d.virsh("list", "--all", "--name").stdout
+    refused = d.virsh("start", "vm1", check=False)
+    assert refused.returncode != 0 and "/usr/bin/qemu-kvm" in refused.stderr
+
+    code, doc = daemon_root.json("fix", "--connect", d.uri, "--keep-type", "--targets", "x86_64")
+    assert code == 0, doc
+    assert doc["daemon"]["reached"] and doc["daemon"]["via"] == backend
+    (synced,) = doc["synced"]
+    assert (synced["domain"], synced["how"], synced["verified"]) == ("vm1", "defined", True)
+    assert f"<emulator>{NEW}</emulator>" in d.inactive_xml("vm1")
+
+    d.virsh("desc", "vm1", "--config", "edited after the fix")
+    d.virsh("setmaxmem", "vm1", "131072", "--config")
+    on_disk = (daemon_root.qemu / "vm1.xml").read_text()
+    assert f"<emulator>{NEW}</emulator>" in on_disk and "edited after the fix" in on_disk
+    assert "/usr/bin/qemu-kvm" not in on_disk
+
+    d.virsh("start", "vm1")
+    assert d.virsh("domstate", "vm1").stdout.strip() == "running"
+    d.virsh("destroy", "vm1")
+
+
+def test_refused_definition_falls_back_to_a_reload(daemon_root):
+    # The session daemon has no /dev/kvm: it refuses to define type='kvm'.
+    d = start_with(daemon_root, {"vm1.xml": bootable()})
+    code, doc = daemon_root.json("fix", "--connect", d.uri, "--targets", "x86_64")
+    assert code == 0, doc
+    (synced,) = doc["synced"]
+    assert synced["how"] == "reloaded" and synced["verified"]
+    assert "kvm" in synced["note"]
+    held = d.inactive_xml("vm1")
+    assert f"<emulator>{NEW}</emulator>" in held and "type='kvm'" in held
+    d.virsh("desc", "vm1", "--config", "x")
+    assert f"<emulator>{NEW}</emulator>" in (daemon_root.qemu / "vm1.xml").read_text()
+
+
+def test_check_reports_a_file_edited_behind_the_daemon(daemon_root):
+    d = start_with(daemon_root, {"vm1.xml": bootable()})
+    path = daemon_root.qemu / "vm1.xml"
+    # what the usual sed loop does while the daemon runs
+    path.write_bytes(path.read_bytes().replace(b"/usr/bin/qemu-kvm", NEW.encode()))
+    code, doc = daemon_root.json("check", "--connect", d.uri)
+    assert code == 1
+    (f,) = doc["findings"]
+    assert (f["kind"], f["severity"], f["fixable"]) == ("daemon-differs", "error", True)
+    assert "/usr/bin/qemu-kvm" in f["current"] and NEW in f["proposed"]
+    # fix brings the daemon in line with the file, and the next config change keeps it
+    code, doc = daemon_root.json("fix", "--connect", d.uri, "--keep-type", "--targets", "x86_64")
+    assert code == 0 and doc["synced"][0]["verified"], doc
+    d.virsh("setmaxmem", "vm1", "131072", "--config")
+    assert f"<emulator>{NEW}</emulator>" in path.read_text()
+    assert daemon_root.json("check", "--connect", d.uri)[1]["findings"] == []
+
+
+def test_hand_edit_that_is_not_stale_is_a_warning(daemon_root):
+    d = start_with(daemon_root, {"vm1.xml": bootable(emulator=NEW)})
+    path = daemon_root.qemu / "vm1.xml"
+    path.write_bytes(path.read_bytes().replace(b"type='qemu'", b"type='kvm'"))
+    code, doc = daemon_root.json("check", "--connect", d.uri)
+    (f,) = doc["findings"]
+    assert code == 0 and (f["kind"], f["severity"]) == ("daemon-differs", "warning")
+    assert f"virsh -c {d.uri} define {path}" in f["message"]
+
+
+def test_undo_brings_the_daemon_back(daemon_root, backend):
+    original = bootable()
+    d = start_with(daemon_root, {"vm1.xml": original})
+    code, _ = daemon_root.json("fix", "--connect", d.uri, "--keep-type", "--targets", "x86_64")
+    assert code == 0
+    code, doc = daemon_root.json("undo", "--connect", d.uri)
+    assert code == 0, doc
+    assert (daemon_root.qemu / "vm1.xml").read_bytes() == original
+    (synced,) = doc["synced"]
+    # libvirt refuses to define a missing emulator; the daemon re-reads the restored file
+    assert synced["how"] == "reloaded" and "qemu-kvm" in synced["note"]
+    assert "<emulator>/usr/bin/qemu-kvm</emulator>" in d.inactive_xml("vm1")
+
+
+def test_running_domain_is_told_about_its_next_cold_start(daemon_root):
+    # Debian's /usr/bin/kvm still runs, so a guest using it can be running during the fix.
+    d = start_with(daemon_root, {"vm1.xml": bootable(emulator="/usr/bin/kvm")})
+    d.virsh("start", "vm1")
+    code, out = daemon_root.run("fix", "--connect", d.uri, "--keep-type", "--targets", "x86_64")
+    assert code == 0, out
+    assert "vm1 is running: the new emulator applies from its next cold start" in out
+    assert f"<emulator>{NEW}</emulator>" in d.inactive_xml("vm1")
+    assert "<emulator>/usr/bin/kvm</emulator>" in d.virsh("dumpxml", "vm1").stdout
+    d.virsh("destroy", "vm1")
+
+
+def test_no_daemon_is_said(tmp_path, capsys):
+    root = Root(tmp_path / "root", capsys)
+    root.add("vm1.xml", domain_xml())
+    code, out = root.run("fix", "--connect", f"qemu+unix:///session?socket={tmp_path}/none")
+    assert code == 0 and "no libvirt daemon reached" in out
+    assert f"<emulator>{NEW}</emulator>".encode() in (root.qemu / "vm1.xml").read_bytes()
