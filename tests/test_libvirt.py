@@ -153,3 +153,30 @@ def test_no_daemon_is_said(tmp_path, capsys):
     code, out = root.run("fix", "--connect", f"qemu+unix:///session?socket={tmp_path}/none")
     assert code == 0 and "no libvirt daemon reached" in out
     assert f"<emulator>{NEW}</emulator>".encode() in (root.qemu / "vm1.xml").read_bytes()
+
+
+def test_a_daemon_that_cannot_be_updated_is_an_error_with_the_command(daemon_root, monkeypatch):
+    from kvmhook import libvirt
+
+    # As with a remote daemon: no local PID to ask for a reload.
+    monkeypatch.setattr(libvirt, "daemon_pid", lambda uri: None)
+    d = start_with(daemon_root, {"vm1.xml": bootable()})
+    code, doc = daemon_root.json("fix", "--connect", d.uri, "--targets", "x86_64")
+    assert code == 1
+    (synced,) = doc["synced"]
+    assert synced["how"] == "not-updated" and not synced["verified"]
+    (f,) = doc["findings"]
+    assert (f["kind"], f["severity"]) == ("daemon-not-updated", "error")
+    path = daemon_root.qemu / "vm1.xml"
+    assert f"virsh -c {d.uri} define {path}" in f["message"]
+    # the file is fixed all the same, and the daemon's stale copy is not called fixed
+    assert f"<emulator>{NEW}</emulator>" in path.read_text()
+    assert "/usr/bin/qemu-kvm" in d.inactive_xml("vm1")
+
+
+def test_hook_fix_mode_reaches_the_daemon(daemon_root):
+    d = start_with(daemon_root, {"vm1.xml": bootable()})
+    code, out = daemon_root.run("hook", "--mode", "fix", "--connect", d.uri, "--targets", "x86_64")
+    assert code == 0, out
+    assert "elog libvirt (" in out and "now holds the file's definition of vm1" in out
+    assert f"<emulator>{NEW}</emulator>" in d.inactive_xml("vm1")
