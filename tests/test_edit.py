@@ -97,17 +97,34 @@ def test_markup_inside_the_emulator_is_refused():
     assert not f.fixable and "not fixed automatically" in f.message
 
 
+def unfixable_wrapper(data: bytes) -> str:
+    result = outcome(data)
+    assert result.new_data is None
+    (f,) = [f for f in result.findings if f.kind == "wrapper-emulator"]
+    assert not f.fixable
+    return f.message
+
+
 def test_character_reference_in_the_path_is_refused_not_guessed():
-    data = domain_xml(emulator="/usr/bin/qemu&#45;kvm")
-    with pytest.raises(edit.EditError):
-        edit.apply(data, [Change("emulator", 0, "/usr/bin/qemu-kvm", NEW)])
+    message = unfixable_wrapper(domain_xml(emulator="/usr/bin/qemu&#45;kvm"))
+    assert "character references" in message
 
 
 def test_utf16_file_is_refused():
     data = domain_xml().decode().replace("<!--", "<?xml version='1.0' encoding='UTF-16'?><!--", 1)
-    encoded = data.encode("utf-16")
-    with pytest.raises(edit.EditError, match="UTF-16"):
-        edit.apply(encoded, [Change("emulator", 0, "/usr/bin/qemu-kvm", NEW)])
+    assert "UTF-16" in unfixable_wrapper(data.encode("utf-16"))
+
+
+def test_doctype_is_refused():
+    data = b"<!DOCTYPE domain>\n" + domain_xml()
+    assert "DOCTYPE" in unfixable_wrapper(data)
+
+
+def test_splice_refuses_bytes_that_are_not_the_expected_value():
+    data = domain_xml()
+    domain = parse(data)[0]
+    with pytest.raises(edit.EditError):
+        edit.splice(data, [Change("emulator", 0, "/usr/bin/kvm", NEW)], domain)
 
 
 def test_verify_catches_an_edit_that_is_not_the_intended_one():

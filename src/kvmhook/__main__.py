@@ -8,9 +8,8 @@ import re
 import shlex
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 
-from . import edit, hook, libvirt, report, rules, scan, store
+from . import domains, libvirt, report, rules, scan
 from .findings import Finding, has_errors
 
 EXIT_OK, EXIT_FINDINGS, EXIT_FAILED = 0, 1, 2
@@ -93,7 +92,7 @@ def _emit(
 def cmd_check(args: argparse.Namespace) -> int:
     root = _root(args.root)
     link = _link(args, root)
-    outcomes = scan.scan(root, args.session, _facts(args, root, link))
+    outcomes = scan.scan(root, args.session, _facts(args, root, link), verify=False)
     colour = report.use_colour(sys.stdout) and not args.json
     head = [report.info(link.note, colour)]
     return _emit(args, root, _findings(outcomes), head, daemon=link.as_json())
@@ -103,9 +102,12 @@ def _apply_fix(
     root: str, session: bool, facts: rules.Facts, outcomes: list[scan.Outcome], link: libvirt.Link
 ) -> tuple[list[Finding], str | None, list[scan.Outcome], list[libvirt.Synced]]:
     """(the findings fixed, the backup folder, what is left, daemon syncs) after fixing."""
+    from . import store
+
     if not any(o.new_data is not None or o.daemon_behind for o in outcomes):
         return [], None, outcomes, []
     with store.lock(root):
+        store.clean_stale_temps(domains.config_folders(root, session))
         # Another run may have fixed some files while this one waited.
         todo = [o for o in scan.scan(root, session, facts) if o.new_data or o.daemon_behind]
         edited = [o for o in todo if o.new_data is not None]
@@ -118,8 +120,8 @@ def _apply_fix(
             for s in synced:
                 if s.how == "defined":  # the daemon wrote the file in its own format
                     store.note_rewrite(root, run, s.path)
-        facts = replace(facts, held=link.held())
-        after = scan.scan(root, session, facts)
+        facts = facts._replace(held=link.held())
+        after = scan.scan(root, session, facts, verify=False)
     changes = [f for o in todo for f in o.changes]
     changes += [
         f for o in todo if o.daemon_behind for f in o.findings if f.kind == "daemon-differs"
@@ -157,9 +159,12 @@ def cmd_fix(args: argparse.Namespace) -> int:
     root = _root(args.root)
     link = _link(args, root)
     facts = _facts(args, root, link)
-    outcomes = scan.scan(root, args.session, facts)
+    # Verified edits for a dry run; otherwise the run under the lock verifies what it writes.
+    outcomes = scan.scan(root, args.session, facts, verify=args.dry_run)
     colour = report.use_colour(sys.stdout) and not args.json
     if args.dry_run:
+        from . import edit
+
         diff = "".join(
             edit.unified_diff(o.config.path, o.config.data or b"", o.new_data)
             for o in outcomes
@@ -195,6 +200,8 @@ def cmd_fix(args: argparse.Namespace) -> int:
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
+    from . import store
+
     root = _root(args.root)
     link = _link(args, root)
     synced: list[libvirt.Synced] = []
@@ -248,10 +255,12 @@ HOOK_STOP = 3  # tells the bash snippet to die
 
 def cmd_hook(args: argparse.Namespace) -> int:
     """The portage snippet's entry: print 'eerror|ewarn|elog TEXT' lines for portage."""
+    from . import store
+
     root = _root(args.root)
     link = _link(args, root)
     facts = _facts(args, root, link)
-    outcomes = scan.scan(root, args.session, facts)
+    outcomes = scan.scan(root, args.session, facts, verify=False)
     commands = (_fix_command(args, root), _undo_command(root))
     lines: list[str] = []
     synced: list[libvirt.Synced] = []
@@ -279,20 +288,25 @@ def cmd_hook(args: argparse.Namespace) -> int:
 
 
 def cmd_install_hook(args: argparse.Namespace) -> int:
-    path, changed = hook.install(_root(args.root))
-    print(
-        f"{'Wired' if changed else 'Already wired'}: {path} sources {hook.snippet_path(args.root)}"
-    )
+    from . import hook
+
+    root = _root(args.root)
+    path, changed = hook.install(root)
+    print(f"{'Wired' if changed else 'Already wired'}: {path} sources {hook.snippet_path(root)}")
     return EXIT_OK
 
 
 def cmd_uninstall_hook(args: argparse.Namespace) -> int:
+    from . import hook
+
     path, changed = hook.uninstall(_root(args.root))
     print(f"{'Removed the kvmhook line from' if changed else 'No kvmhook line in'} {path}")
     return EXIT_OK
 
 
 def cmd_hook_path(args: argparse.Namespace) -> int:
+    from . import hook
+
     print(hook.snippet_path(_root(args.root)))
     return EXIT_OK
 
@@ -302,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kvmhook",
         description="Find and safely fix stale qemu-kvm emulator paths in libvirt domain configs.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    # A prog here spares argparse a help formatter (and shutil) at every start.
+    sub = parser.add_subparsers(dest="command", required=True, prog="kvmhook")
 
     def common(p: argparse.ArgumentParser, scanning: bool) -> None:
         p.add_argument("--root", default="/", help="the system's root folder (default /)")
@@ -360,11 +375,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (| head); nothing left to tell it.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except (UsageError, store.StoreError) as err:
-        print(f"kvmhook: {err}", file=sys.stderr)
     except OSError as err:
         where = f" ({err.filename})" if err.filename else ""
         print(f"kvmhook: {err.strerror or err}{where}", file=sys.stderr)
+    except Exception as err:
+        store = sys.modules.get(f"{__package__}.store")  # imported only by what writes
+        if not isinstance(err, (UsageError, *((store.StoreError,) if store else ()))):
+            raise
+        print(f"kvmhook: {err}", file=sys.stderr)
     return EXIT_FAILED
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
+from collections import namedtuple
 from collections.abc import Iterator
-from dataclasses import dataclass
+from xml.parsers import expat
 
 # A libvirt domain is a few KiB; anything far larger is not one and is not parsed.
 MAX_SIZE = 16 * 1024 * 1024
@@ -17,39 +19,40 @@ SESSION_FOLDER = ".config/libvirt/qemu"
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
-@dataclass(frozen=True)
-class Emulator:
-    index: int
-    text: str
-    line: int | None
+class Emulator(namedtuple("Emulator", "index text line span")):
+    """The index-th <devices><emulator>: its text (whitespace kept), the line of the path,
+    and the byte span of the stripped path in the file, or None when the path is not written
+    as plain text there (markup, comments or character references inside)."""
+
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class Domain:
-    name: str | None
-    uuid: str | None
-    type: str | None
-    arch: str | None
-    emulators: tuple[Emulator, ...]
-    line: int | None
+class Domain(namedtuple("Domain", "name uuid type arch emulators line type_span editable")):
+    """What the rules need of a parsed domain config.
+
+    type_span is the byte span of <domain type>'s value; editable is None, or why kvmhook
+    does not edit this file's bytes (a DOCTYPE, an encoding that is not ASCII-compatible).
+    """
+
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(
+    namedtuple(
+        "Config",
+        "path entry data domain problem_kind problem mention_lines",
+        defaults=(None, None, None, None, None),
+    )
+):
     """One entry named *.xml in a config folder.
 
     entry is "file" for a regular file, else what it is ("symlink", "fifo", ...).
     problem_kind/problem say why a file was not read or parsed as a domain.
     data holds the bytes the ebuild's grep would read (for a symlink, its target's).
+    mention_lines is set only for files too large to hold.
     """
 
-    path: str
-    entry: str
-    data: bytes | None = None
-    domain: Domain | None = None
-    problem_kind: str | None = None
-    problem: str | None = None
-    mention_lines: tuple[int, ...] | None = None  # only for files too large to hold
+    __slots__ = ()
 
     @property
     def globbed(self) -> bool:
@@ -206,67 +209,173 @@ def _oserror(err: OSError) -> str:
     return err.strerror or str(err)
 
 
-def xml_parser():
-    """lxml parser that never resolves entities, loads a DTD or touches the network."""
-    from lxml import etree
-
-    return etree.XMLParser(
-        resolve_entities=False,
-        load_dtd=False,
-        no_network=True,
-        huge_tree=False,
-        remove_blank_text=False,
-        remove_comments=False,
-        remove_pis=False,
-        strip_cdata=False,
-    )
+class _Refused(Exception):
+    pass
 
 
-def parse_tree(data: bytes):
-    """Parse untrusted bytes; raises ValueError with the reason when unusable."""
-    from lxml import etree
+_XML_SPACE = " \t\r\n"
+_ATTRIBUTE = re.compile(rb"\s+([^\s=/>]+)\s*=\s*(?:\"([^\"]*)\"|'([^']*)')")
 
-    if not data.strip():
-        raise ValueError("empty file")
-    try:
-        root = etree.fromstring(data, xml_parser())
-    except etree.XMLSyntaxError as err:
-        raise ValueError(f"not well-formed XML: {err.msg}") from None
-    dtd = root.getroottree().docinfo.internalDTD
-    if dtd is not None:
-        names = [e.name for e in dtd.iterentities()]
-        if names:
-            raise ValueError(f"declares entities ({', '.join(names[:5])}); they are never expanded")
-    return root
+
+class _Reader:
+    """Collects the facts of a domain from expat's events, with the byte offsets expat gives.
+
+    Only the first three levels matter (domain/devices/emulator and the like), so deeper
+    elements cost one call each, and text costs nothing outside the few elements read.
+    """
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.parser = parser = expat.ParserCreate()
+        parser.StartElementHandler = self.start
+        parser.EndElementHandler = self.end
+        parser.EntityDeclHandler = self.entity
+        parser.StartDoctypeDeclHandler = self.doctype
+        for name in ("CommentHandler", "ProcessingInstructionHandler", "StartCdataSectionHandler"):
+            setattr(parser, name, self.markup)
+        self.depth = 0
+        self.names = ["", "", ""]
+        self.root: tuple[str, dict, int, int] | None = None
+        self.fields: dict[str, list[str]] = {"name": [], "uuid": []}
+        self.field: list[str] | None = None  # the chunks of the field being read
+        self.arch: str | None = None
+        self.emulators: list[Emulator] = []
+        self.current: dict | None = None  # the emulator being read
+        self.has_doctype = False
+
+    def start(self, name: str, attrs: dict) -> None:
+        self.depth += 1
+        depth = self.depth
+        if depth > 3:
+            if self.current is not None:
+                self.current["plain"] = False
+            return
+        self.names[depth - 1] = name
+        parser = self.parser
+        if depth == 1:
+            if self.root is None:
+                self.root = (name, attrs, parser.CurrentLineNumber, parser.CurrentByteIndex)
+        elif self.names[0] != "domain":
+            return
+        elif depth == 2:
+            if name in self.fields:
+                self.field = self.fields[name]
+                parser.CharacterDataHandler = self.text
+        elif self.names[1] == "os" and name == "type":
+            if self.arch is None:
+                self.arch = attrs.get("arch")
+        elif self.names[1] == "devices" and name == "emulator":
+            self.current = {
+                "chunks": [],
+                "start": None,
+                "plain": True,
+                "line": parser.CurrentLineNumber,
+                "seen": False,
+            }
+            self.field = self.current["chunks"]
+            parser.CharacterDataHandler = self.text
+
+    def text(self, chunk: str) -> None:
+        current = self.current
+        if current is not None:
+            if current["start"] is None:
+                current["start"] = self.parser.CurrentByteIndex
+            if not current["seen"] and chunk.strip(_XML_SPACE):
+                # the path's own line, where the ebuild's grep finds it
+                current["line"] = self.parser.CurrentLineNumber
+                current["seen"] = True
+        self.field.append(chunk)
+
+    def end(self, name: str) -> None:
+        depth = self.depth
+        self.depth -= 1
+        if depth > 3:
+            return
+        if self.field is not None:
+            self.parser.CharacterDataHandler = None
+            self.field = None
+        if depth == 3 and self.current is not None:
+            self.emulators.append(self._emulator(self.parser.CurrentByteIndex))
+            self.current = None
+
+    def _emulator(self, end: int) -> Emulator:
+        text = "".join(self.current["chunks"])
+        path = text.strip(_XML_SPACE)
+        span = None
+        start = self.current["start"]
+        if self.current["plain"] and start is not None:
+            raw = self.data[start:end]
+            stripped = raw.strip(_XML_SPACE.encode())
+            if path and stripped == path.encode("utf-8", "replace"):
+                begin = start + raw.index(stripped)
+                span = (begin, begin + len(stripped))
+        return Emulator(len(self.emulators), text, self.current["line"], span)
+
+    def markup(self, *_: object) -> None:
+        if self.current is not None:
+            self.current["plain"] = False
+
+    def entity(self, name: str, *_: object) -> None:
+        raise _Refused(f"declares entities ({name}); they are never expanded")
+
+    def doctype(self, *_: object) -> None:
+        self.has_doctype = True
+
+    def type_span(self) -> tuple[int, int] | None:
+        """The byte span of the value of <domain type>, from the root's start tag."""
+        offset = self.root[3]
+        pos = offset + len(b"<domain")
+        while match := _ATTRIBUTE.match(self.data, pos):
+            if match.group(1) == b"type":
+                group = 2 if match.group(2) is not None else 3
+                return match.span(group)
+            pos = match.end()
+        return None
+
+
+def _encoding_problem(data: bytes) -> str | None:
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in data[:4]:
+        return "the file is UTF-16 or UTF-32"
+    head = data[:200].lower()
+    if b"encoding" in head and any(e in head for e in (b"utf-16", b"utf-32", b"ucs")):
+        return "the file declares a UTF-16 or UTF-32 encoding"
+    return None
 
 
 def parse(data: bytes) -> tuple[Domain | None, str | None, str | None]:
-    """(domain, problem_kind, problem) for a file's bytes."""
+    """(domain, problem_kind, problem) for a file's bytes, which are not trusted.
+
+    expat never expands entities here (a declaration stops the parse), never loads
+    a DTD and never touches the network.
+    """
+    if not data.strip():
+        return None, "unparsable", "empty file"
+    reader = _Reader(data)
     try:
-        root = parse_tree(data)
-    except ValueError as err:
+        reader.parser.Parse(data, True)
+    except _Refused as err:
         return None, "unparsable", str(err)
-    if root.tag != "domain":
-        tag = root.tag if isinstance(root.tag, str) else "?"
-        return None, "not-a-domain", f"root element is <{tag}>, not <domain>"
-    os_type = root.find("os/type")
-    emulators = tuple(
-        Emulator(i, "".join(el.itertext()), el.sourceline)
-        for i, el in enumerate(root.findall("devices/emulator"))
+    except expat.ExpatError as err:
+        reason = f"{expat.ErrorString(err.code)}, line {err.lineno}, column {err.offset}"
+        return None, "unparsable", f"not well-formed XML: {reason}"
+    name, attrs, line, _ = reader.root
+    if name != "domain" or "xmlns" in attrs:
+        return None, "not-a-domain", f"root element is <{name}>, not <domain>"
+    problems = [_encoding_problem(data)]
+    if reader.has_doctype:
+        problems.append("the file has a DOCTYPE, which libvirt never writes")
+    domain = Domain(
+        name=_text(reader.fields["name"]),
+        uuid=_text(reader.fields["uuid"]),
+        type=attrs.get("type"),
+        arch=reader.arch,
+        emulators=tuple(reader.emulators),
+        line=line,
+        type_span=reader.type_span() if "type" in attrs else None,
+        editable=next((p for p in problems if p), None),
     )
-    return (
-        Domain(
-            name=_text(root.findtext("name")),
-            uuid=_text(root.findtext("uuid")),
-            type=root.get("type"),
-            arch=os_type.get("arch") if os_type is not None else None,
-            emulators=emulators,
-            line=root.sourceline,
-        ),
-        None,
-        None,
-    )
+    return domain, None, None
 
 
-def _text(value: str | None) -> str | None:
-    return value.strip() if value is not None else None
+def _text(chunks: list[str]) -> str | None:
+    return "".join(chunks).strip() if chunks else None

@@ -2,34 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
-Severity = Literal["error", "warning"]
+from collections import namedtuple
 
 
-@dataclass(frozen=True)
-class Change:
-    """One value a fix rewrites: the index-th <devices><emulator> text, <domain type>, or
-    ("daemon") the definition a libvirt daemon holds, brought in line with the file."""
+class Change(namedtuple("Change", "what index old new")):
+    """One value a fix rewrites.
 
-    what: Literal["emulator", "type", "daemon"]
-    index: int
-    old: str
-    new: str
+    what is "emulator" (the index-th <devices><emulator> text), "type" (<domain type>),
+    or "daemon" (the definition a libvirt daemon holds, brought in line with the file).
+    """
+
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class Finding:
-    file: str
-    line: int | None
-    domain: str | None
-    kind: str
-    severity: Severity
-    current: str | None
-    proposed: str | None
-    message: str
-    change: Change | None = None
+class Finding(
+    namedtuple(
+        "Finding",
+        "file line domain kind severity current proposed message change",
+        defaults=(None,),
+    )
+):
+    """One thing found in one config: severity is "error" or "warning"; change is what a
+    fix would do about it, or None when it cannot."""
+
+    __slots__ = ()
 
     @property
     def fixable(self) -> bool:
@@ -49,5 +45,5 @@ class Finding:
         }
 
 
-def has_errors(findings: list[Finding] | tuple[Finding, ...]) -> bool:
+def has_errors(findings) -> bool:
     return any(f.severity == "error" for f in findings)

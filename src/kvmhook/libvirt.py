@@ -7,17 +7,12 @@ the file at the next --config change, so a fix it does not hold gets lost.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
-import shutil
-import signal
-import socket
-import struct
-import subprocess
-import tempfile
 import time
-from dataclasses import dataclass
-from urllib.parse import parse_qs, urlsplit
+from collections import namedtuple
+
+# Heavier modules (socket, subprocess, lxml, libvirt itself) are imported where a daemon
+# is actually reached, to keep a check with no daemon quick to start.
 
 VIRSH_TIMEOUT = 60
 RELOAD_WAIT = 10.0
@@ -27,27 +22,24 @@ class DaemonError(Exception):
     """The daemon refused or failed; the text is libvirt's reason."""
 
 
-@dataclass(frozen=True)
-class Held:
+class Held(namedtuple("Held", "name uuid active type emulators")):
     """What the daemon holds of one domain: its inactive (persistent) definition."""
 
-    name: str
-    uuid: str
-    active: bool
-    type: str | None
-    emulators: tuple[str, ...]
+    __slots__ = ()
 
 
 def held_from_xml(xml: str, active: bool) -> Held:
-    from .domains import parse_tree
+    from .domains import parse
 
-    root = parse_tree(xml.encode())
+    domain, _, problem = parse(xml.encode())
+    if domain is None:
+        raise DaemonError(f"the daemon's XML does not parse: {problem}")
     return Held(
-        name=(root.findtext("name") or "").strip(),
-        uuid=(root.findtext("uuid") or "").strip().lower(),
+        name=domain.name or "",
+        uuid=(domain.uuid or "").lower(),
         active=active,
-        type=root.get("type"),
-        emulators=tuple((e.text or "").strip() for e in root.findall("devices/emulator")),
+        type=domain.type,
+        emulators=tuple(e.text.strip() for e in domain.emulators),
     )
 
 
@@ -94,7 +86,7 @@ class Library:
             raise DaemonError(err.get_error_message()) from None
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # best effort; the process ends soon after
             self._conn.close()
 
 
@@ -108,6 +100,8 @@ class Virsh:
         self._run("uri")
 
     def _run(self, *args: str) -> str:
+        import subprocess
+
         try:
             proc = subprocess.run(
                 [self._virsh, "-q", "-c", self._uri, *args],
@@ -136,6 +130,8 @@ class Virsh:
         return [h for h in (self.held(u) for u in uuids) if h is not None]
 
     def define(self, xml: str) -> None:
+        import tempfile
+
         with tempfile.TemporaryDirectory(prefix="kvmhook-") as tmp:
             path = os.path.join(tmp, "domain.xml")
             with open(path, "w", encoding="utf-8") as f:
@@ -172,6 +168,8 @@ def _session_socket() -> str | None:
 
 def socket_path(uri: str) -> str | None:
     """The local socket a URI reaches, or None (remote, or unknown)."""
+    from urllib.parse import parse_qs, urlsplit
+
     parts = urlsplit(uri)
     if parts.hostname or (parts.scheme not in ("qemu", "qemu+unix")):
         return None
@@ -187,6 +185,9 @@ def socket_path(uri: str) -> str | None:
 
 def daemon_pid(uri: str) -> int | None:
     """The PID of the local daemon behind a URI, from its socket's peer credentials."""
+    import socket
+    import struct
+
     path = socket_path(uri)
     if path is None:
         return None
@@ -203,6 +204,9 @@ def daemon_pid(uri: str) -> int | None:
 
 def connect(uri: str):
     """A connection through libvirt-python, else virsh; raises DaemonError with why not."""
+    import importlib
+    import shutil
+
     try:
         module = importlib.import_module("libvirt")
     except ImportError:
@@ -217,6 +221,8 @@ def connect(uri: str):
 
 def reload(uri: str) -> bool:
     """Ask the daemon to re-read its config files (SIGHUP); False when it cannot be asked."""
+    import signal
+
     pid = daemon_pid(uri)
     if pid is None:
         return False
@@ -242,15 +248,11 @@ def wait_for(conn, uuid: str, want: Held) -> bool:
         time.sleep(0.1)
 
 
-@dataclass(frozen=True)
-class Synced:
-    """How a daemon was brought in line with one file."""
+class Synced(namedtuple("Synced", "path domain how active note")):
+    """How a daemon was brought in line with one file: how is "defined", "reloaded"
+    or "not-updated"; active says the domain was running."""
 
-    path: str
-    domain: str
-    how: str  # "defined", "reloaded" or "not-updated"
-    active: bool
-    note: str
+    __slots__ = ()
 
     @property
     def verified(self) -> bool:
@@ -276,7 +278,7 @@ def sync(conn, uri: str, path: str, data: bytes) -> Synced | None:
     """
     from lxml import etree
 
-    from .domains import parse_tree
+    from .edit import parse_tree
 
     root = parse_tree(data)
     want = held_from_xml(etree.tostring(root, encoding="unicode"), False)
@@ -310,13 +312,11 @@ def sync(conn, uri: str, path: str, data: bytes) -> Synced | None:
     )
 
 
-@dataclass
 class Link:
     """A reached daemon, or why none was: what fix, undo and check say about it."""
 
-    uri: str | None
-    conn: object | None
-    note: str
+    def __init__(self, uri: str | None, conn: object | None, note: str):
+        self.uri, self.conn, self.note = uri, conn, note
 
     def held(self) -> dict[str, Held] | None:
         if self.conn is None:

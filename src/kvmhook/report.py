@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
@@ -83,6 +82,8 @@ def render_json(
         "backup": backup,
     }
     doc.update(extra)
+    import json
+
     return json.dumps(doc, indent=2) + "\n"
 
 

@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections import namedtuple
+from collections.abc import Callable, Iterable, Iterator
 
 from .domains import Config, Domain, Emulator, mention_lines
 from .findings import Change, Finding
-
-if TYPE_CHECKING:
-    from .libvirt import Held
 
 WRAPPERS = frozenset({"qemu-kvm", "kvm"})
 BINARY_DIR = "/usr/bin"
@@ -35,20 +31,21 @@ COMPATIBLE_TARGET = {"i386": "x86_64", "arm": "aarch64", "ppc": "ppc64"}
 _SYSTEM_BINARY = re.compile(r"^/usr/bin/qemu-system-([A-Za-z0-9_]+)$")
 
 
-@dataclass(frozen=True)
-class Facts:
+class Facts(
+    namedtuple(
+        "Facts",
+        "host_arch installed targets keep_type held daemon",
+        defaults=(None, False, None, None),
+    )
+):
     """What the pending merge (or the host) provides.
 
-    targets: the QEMU_SOFTMMU_TARGETS the merge installs, or None when unknown;
-    then installed (the qemu-system-* binaries present under ROOT) decides.
+    installed: the qemu-system-* targets present under ROOT; targets: the
+    QEMU_SOFTMMU_TARGETS the merge installs, or None when unknown (then installed
+    decides); held: what a reached libvirt daemon (URI daemon) holds, by UUID, or None.
     """
 
-    host_arch: str
-    installed: frozenset[str]
-    targets: frozenset[str] | None = None
-    keep_type: bool = False
-    held: Mapping[str, Held] | None = None  # by UUID; None when no daemon was reached
-    daemon: str | None = None  # its URI
+    __slots__ = ()
 
     def available(self, target: str) -> bool:
         pool = self.targets if self.targets is not None else self.installed
@@ -85,6 +82,21 @@ def replacement(domain: Domain, facts: Facts) -> tuple[str, str | None]:
 
 def is_wrapper(emulator: Emulator) -> bool:
     return os.path.basename(emulator.text.strip()) in WRAPPERS
+
+
+def _edit_blocker(domain: Domain, emulator: Emulator) -> str | None:
+    """Why kvmhook will not edit this emulator's bytes, or None."""
+    if domain.editable:
+        return domain.editable
+    if emulator.span is None:
+        return "the <emulator> holds markup, comments or character references"
+    return None
+
+
+def fixable_wrapper(domain: Domain, facts: Facts) -> bool:
+    return replacement(domain, facts)[1] is not None and all(
+        _edit_blocker(domain, e) is None for e in domain.emulators if is_wrapper(e)
+    )
 
 
 Check = Callable[[Config, Facts], Iterable[Finding]]
@@ -179,6 +191,18 @@ def wrapper_emulator(config: Config, facts: Facts) -> Iterator[Finding]:
             continue
         if target != wanted:
             why += f"; {binary(wanted)} will not be installed, {binary(target)} runs this guest"
+        blocker = _edit_blocker(domain, emulator)
+        if blocker:
+            yield _finding(
+                config,
+                emulator.line,
+                kind="wrapper-emulator",
+                severity="error",
+                current=current,
+                proposed=binary(target),
+                message=f"{why}; not fixed automatically: {blocker}; edit it by hand",
+            )
+            continue
         yield _finding(
             config,
             emulator.line,
@@ -223,7 +247,7 @@ def kvm_dropped(config: Config, facts: Facts) -> Iterator[Finding]:
         " with type='qemu' and a plain qemu-system binary this guest runs under TCG"
         " emulation, tens of times slower"
     )
-    fixable = replacement(domain, facts)[1] is not None
+    fixable = fixable_wrapper(domain, facts) and domain.type_span is not None
     if facts.keep_type:
         message = f"{why}; type='qemu' kept as asked (--keep-type)"
         change = None

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import secrets
+import signal
 import stat
 import time
 from collections.abc import Iterator
@@ -153,13 +154,52 @@ def _read_current(path: str) -> tuple[bytes, Meta] | None:
         os.close(fd)
 
 
-def _write_new(path: str, data: bytes, mode: int = 0o600) -> None:
+def _write_new(path: str, data: bytes, mode: int = 0o600, sync: bool = True) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         _write_all(fd, data)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _sync_all(paths: list[str]) -> None:
+    """Make every path durable: one syncfs per file system, else an fsync per file."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = libc.syncfs
+    except (OSError, AttributeError):
+        syncfs = None
+    done = set()
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            device = os.fstat(fd).st_dev
+            if syncfs is None:
+                os.fsync(fd)
+            elif device not in done:
+                if syncfs(fd) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err), path)
+                done.add(device)
+        finally:
+            os.close(fd)
+
+
+def _step() -> None:
+    """Test-only: KVMHOOK_TEST_KILL_AT=N kills this process at its N-th durable step."""
+    global _steps_taken
+    at = os.environ.get("KVMHOOK_TEST_KILL_AT")
+    if at:
+        _steps_taken += 1
+        if _steps_taken == int(at):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+_steps_taken = 0
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -182,14 +222,15 @@ def _temp_beside(path: str) -> str:
     return os.path.join(folder, f".{name}.kvmhook-{secrets.token_hex(4)}.tmp")
 
 
-def _stage(path: str, data: bytes, meta: Meta, keep_mtime: bool) -> str:
-    """A complete, synced copy of data beside path, with path's metadata."""
+def _stage(path: str, data: bytes, meta: Meta, keep_mtime: bool, sync: bool = True) -> str:
+    """A complete copy of data beside path, with path's metadata (synced unless told)."""
     temp = _temp_beside(path)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         _write_all(fd, data)
         _apply_meta(fd, meta, keep_mtime)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         _unlink_quietly(temp)
@@ -203,12 +244,13 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
 
 
-def _write_json(path: str, doc: dict) -> None:
+def _write_json(path: str, doc: dict, sync: bool = True) -> None:
     temp = path + ".tmp"
     _unlink_quietly(temp)
-    _write_new(temp, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+    _write_new(temp, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode(), sync=sync)
     os.replace(temp, path)
-    _fsync_dir(os.path.dirname(path))
+    if sync:
+        _fsync_dir(os.path.dirname(path))
 
 
 def _new_run_dir(root: str) -> str:
@@ -231,8 +273,10 @@ def _new_run_dir(root: str) -> str:
 def replace_files(root: str, plans: list[Planned]) -> str:
     """Back up, then atomically replace every planned file; returns the backup folder.
 
-    Every new file is staged and synced before the first rename, so a full or
-    read-only disk fails before any original is touched.
+    Backups, manifest and new files are all written first and made durable together
+    (one syncfs per file system rather than an fsync per file); only then is any
+    original replaced, each by a rename. A full or read-only disk therefore fails
+    before any original is touched, and a crash leaves each file old or new.
     """
     run = None
     staged: list[tuple[str, str]] = []
@@ -242,11 +286,17 @@ def replace_files(root: str, plans: list[Planned]) -> str:
         run = _new_run_dir(root)
         metas = _back_up(root, run, plans)
         for plan, meta in zip(plans, metas, strict=True):
-            staged.append((_stage(plan.path, plan.new, meta, keep_mtime=False), plan.path))
+            staged.append(
+                (_stage(plan.path, plan.new, meta, keep_mtime=False, sync=False), plan.path)
+            )
+            _step()
+        _sync_all([run, *(temp for temp, _ in staged)])
+        _step()
         for (temp, path), plan in zip(staged, plans, strict=True):
             _unchanged_or_fail(plan)
             os.rename(temp, path)
             renamed += 1
+            _step()
         for folder in sorted({os.path.dirname(p.path) for p in plans}):
             _fsync_dir(folder)
     except (OSError, StoreError) as err:
@@ -262,6 +312,7 @@ def replace_files(root: str, plans: list[Planned]) -> str:
     with contextlib.suppress(OSError):
         # The "started" manifest already serves undo; this only records completion.
         _set_state(run, "done")
+    _step()
     return run
 
 
@@ -270,7 +321,8 @@ def _back_up(root: str, run: str, plans: list[Planned]) -> list[Meta]:
     for i, plan in enumerate(plans):
         meta = _unchanged_or_fail(plan)
         backup = f"{i:05d}.orig"
-        _write_new(os.path.join(run, backup), plan.old)
+        _write_new(os.path.join(run, backup), plan.old, sync=False)
+        _step()
         entries.append(
             {
                 "path": os.path.relpath(plan.path, root),
@@ -281,11 +333,20 @@ def _back_up(root: str, run: str, plans: list[Planned]) -> list[Meta]:
             }
         )
         metas.append(meta)
-    _fsync_dir(run)
-    _write_json(
-        os.path.join(run, "manifest.json"), {"schema": 1, "state": "started", "entries": entries}
-    )
+    manifest = {"schema": 1, "state": "started", "entries": entries}
+    _write_json(os.path.join(run, "manifest.json"), manifest, sync=False)
+    _step()
     return metas
+
+
+def clean_stale_temps(folders: list[str]) -> None:
+    """Remove what a killed run left: its hidden temporary files (never *.xml)."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                name = entry.name
+                if name.startswith(".") and ".kvmhook-" in name and name.endswith(".tmp"):
+                    _unlink_quietly(entry.path)
 
 
 def _unchanged_or_fail(plan: Planned) -> Meta:
