@@ -311,8 +311,20 @@ def cmd_hook_path(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, sized without shutil: argparse builds one per option."""
+
+    def __init__(self, prog: str):
+        try:
+            width = os.get_terminal_size(sys.stdout.fileno()).columns
+        except (OSError, ValueError):
+            width = 80
+        super().__init__(prog, width=max(width - 2, 40))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=_Formatter,
         prog="kvmhook",
         description="Find and safely fix stale qemu-kvm emulator paths in libvirt domain configs.",
     )
@@ -338,21 +350,29 @@ def build_parser() -> argparse.ArgumentParser:
                 "--session", action="store_true", help="also the users' session config folders"
             )
 
-    check = sub.add_parser("check", help="report stale references; writes nothing")
+    check = sub.add_parser(
+        "check", formatter_class=_Formatter, help="report stale references; writes nothing"
+    )
     common(check, True)
     check.set_defaults(func=cmd_check)
-    fix = sub.add_parser("fix", help="fix what can be fixed, with backups")
+    fix = sub.add_parser(
+        "fix", formatter_class=_Formatter, help="fix what can be fixed, with backups"
+    )
     common(fix, True)
     fix.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
     fix.add_argument(
         "--keep-type", action="store_true", help="keep type='qemu' domains on TCG emulation"
     )
     fix.set_defaults(func=cmd_fix)
-    undo = sub.add_parser("undo", help="restore the files of the last fix run")
+    undo = sub.add_parser(
+        "undo", formatter_class=_Formatter, help="restore the files of the last fix run"
+    )
     common(undo, False)
     undo.set_defaults(func=cmd_undo)
 
-    run_hook = sub.add_parser("hook", help="what the portage snippet runs (prints elog lines)")
+    run_hook = sub.add_parser(
+        "hook", formatter_class=_Formatter, help="what the portage snippet runs (prints elog lines)"
+    )
     common(run_hook, True)
     run_hook.add_argument("--mode", choices=("explain", "fix", "warn"), default="explain")
     run_hook.set_defaults(func=cmd_hook, keep_type=False)
@@ -361,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("uninstall-hook", cmd_uninstall_hook, "remove that line again"),
         ("hook-path", cmd_hook_path, "print where the snippet is installed"),
     ):
-        p = sub.add_parser(name, help=text)
+        p = sub.add_parser(name, formatter_class=_Formatter, help=text)
         p.add_argument("--root", default="/", help="the system's root folder (default /)")
         p.set_defaults(func=func)
     return parser

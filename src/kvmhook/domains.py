@@ -160,13 +160,10 @@ def _read_regular(
             return None, None, None
         if st.st_size > MAX_SIZE:
             return None, _scan_mentions(fd), st
-        chunks, size = [], 0
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_SIZE:
-                return None, _scan_mentions(fd), st
-        return b"".join(chunks), None, st
+        data = read_all(fd, st.st_size, MAX_SIZE)
+        if data is None:  # it grew past the limit while being read
+            return None, _scan_mentions(fd), st
+        return data, None, st
     finally:
         os.close(fd)
 
@@ -186,6 +183,18 @@ def mention_lines(data: bytes) -> tuple[int, ...]:
             lines.append(line)
         start = data.find(NEEDLE, start + 1)
     return tuple(lines)
+
+
+def read_all(fd: int, size_hint: int, limit: int | None = None) -> bytes | None:
+    """The rest of fd; None once past limit. Reads are sized from the hint: a
+    fixed large read size would leave the allocator fragmented over many files."""
+    chunks, total = [], 0
+    while chunk := os.read(fd, max(size_hint - total, 0) + 4096):
+        chunks.append(chunk)
+        total += len(chunk)
+        if limit is not None and total > limit:
+            return None
+    return b"".join(chunks)
 
 
 def _scan_mentions(fd: int) -> tuple[int, ...]:
@@ -351,6 +360,13 @@ def parse(data: bytes) -> tuple[Domain | None, str | None, str | None]:
     if not data.strip():
         return None, "unparsable", "empty file"
     reader = _Reader(data)
+    try:
+        return _read(reader, data)
+    finally:
+        reader.parser = None  # parser <-> handlers is a cycle: free it now, not at a GC
+
+
+def _read(reader: _Reader, data: bytes) -> tuple[Domain | None, str | None, str | None]:
     try:
         reader.parser.Parse(data, True)
     except _Refused as err:

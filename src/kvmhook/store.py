@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .domains import read_all
+
 STATE_DIR = "var/lib/kvmhook"
 LOCK_WAIT = 300.0
 
@@ -144,12 +146,10 @@ def _read_current(path: str) -> tuple[bytes, Meta] | None:
             return None
         raise
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             return None
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks), read_meta(fd)
+        return read_all(fd, st.st_size), read_meta(fd)
     finally:
         os.close(fd)
 
