@@ -177,41 +177,29 @@ def wrapper_emulator(config: Config, facts: Facts) -> Iterator[Finding]:
         )
         if current == "/usr/bin/qemu-kvm":
             why += ", and the qemu ebuild refuses to merge while a config names it"
+        change = None
         if target is None:
-            yield _finding(
-                config,
-                emulator.line,
-                kind="wrapper-emulator",
-                severity="error",
-                current=current,
-                proposed=binary(wanted),
-                message=f"{why}; {binary(wanted)} will not be installed: enable"
-                f" qemu_softmmu_targets_{wanted} (QEMU_SOFTMMU_TARGETS) for app-emulation/qemu",
+            why += (
+                f"; {binary(wanted)} will not be installed: enable qemu_softmmu_targets_{wanted}"
+                " (QEMU_SOFTMMU_TARGETS) for app-emulation/qemu"
             )
-            continue
-        if target != wanted:
-            why += f"; {binary(wanted)} will not be installed, {binary(target)} runs this guest"
-        blocker = _edit_blocker(domain, emulator)
-        if blocker:
-            yield _finding(
-                config,
-                emulator.line,
-                kind="wrapper-emulator",
-                severity="error",
-                current=current,
-                proposed=binary(target),
-                message=f"{why}; not fixed automatically: {blocker}; edit it by hand",
-            )
-            continue
+        else:
+            if target != wanted:
+                why += f"; {binary(wanted)} will not be installed, {binary(target)} runs this guest"
+            blocker = _edit_blocker(domain, emulator)
+            if blocker:
+                why += f"; not fixed automatically: {blocker}; edit it by hand"
+            else:
+                change = Change("emulator", emulator.index, emulator.text, binary(target))
         yield _finding(
             config,
             emulator.line,
             kind="wrapper-emulator",
             severity="error",
             current=current,
-            proposed=binary(target),
+            proposed=binary(target or wanted),
             message=why,
-            change=Change("emulator", emulator.index, emulator.text, binary(target)),
+            change=change,
         )
 
 
