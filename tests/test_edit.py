@@ -186,7 +186,7 @@ def expected_fix(v: dict) -> bytes:
 
 
 @given(variants)
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_fix_changes_only_the_emulator_and_type_bytes(v):
     facts = rules.Facts("x86_64", frozenset({"x86_64", "aarch64"}), keep_type=v["keep_type"])
     result = outcome(render(v, v["wrapper"], v["dtype"]), facts)
