@@ -274,9 +274,7 @@ def cmd_hook(args: argparse.Namespace) -> int:
         finally:
             link.close()
         lines += report.portage_changes(changes, run, commands[1])
-        lines += [
-            f"elog {line.strip(' *')}" for s in synced for line in report.sync_lines(s, link.uri)
-        ]
+        lines += [f"elog {text.strip()}" for s in synced for text in report.sync_texts(s, link.uri)]
         if run and link.conn is None:
             lines.append(f"elog kvmhook: {link.note}")
     findings = _not_updated(synced, _findings(outcomes))

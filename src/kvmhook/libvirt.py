@@ -280,8 +280,9 @@ def sync(conn, uri: str, path: str, data: bytes) -> Synced | None:
 
     from .edit import parse_tree
 
-    root = parse_tree(data)
-    want = held_from_xml(etree.tostring(root, encoding="unicode"), False)
+    # Re-serialised as text: libvirt takes a string, whatever the file's encoding.
+    xml = etree.tostring(parse_tree(data), encoding="unicode")
+    want = held_from_xml(xml, False)
     try:
         held = conn.held(want.uuid) if want.uuid else None
     except DaemonError:
@@ -289,7 +290,7 @@ def sync(conn, uri: str, path: str, data: bytes) -> Synced | None:
     if held is None or held.name != want.name:
         return None
     try:
-        conn.define(etree.tostring(root, encoding="unicode"))
+        conn.define(xml)
         refused = None
     except DaemonError as err:
         refused = str(err)

@@ -150,21 +150,25 @@ def portage_failure(reason: str) -> list[str]:
     ]
 
 
-def sync_lines(s, uri: str | None, colour: bool = False) -> list[str]:
-    """What became of one daemon's copy of a file (s is a libvirt.Synced)."""
-    star = _star("info" if s.verified else "error", colour)
+def sync_texts(s, uri: str | None) -> list[str]:
+    """What became of one daemon's copy of a file (s is a libvirt.Synced), unstyled."""
     how = {
         "defined": "defined through libvirt, verified",
         "reloaded": "re-read by the daemon, verified",
     }.get(s.how)
     if how is None:
-        return [f"{star}libvirt ({uri}) still holds the old definition of {s.domain}: {s.note}"]
-    lines = [f"{star}libvirt ({uri}) now holds the file's definition of {s.domain} ({how})"]
+        return [f"libvirt ({uri}) still holds the old definition of {s.domain}: {s.note}"]
+    texts = [f"libvirt ({uri}) now holds the file's definition of {s.domain} ({how})"]
     if s.note:
-        lines.append(f"{star}  {s.note}")
+        texts.append(f"  {s.note}")
     if s.active:
-        lines.append(
-            f"{star}  {s.domain} is running: the new emulator applies from its next cold"
+        texts.append(
+            f"  {s.domain} is running: the new emulator applies from its next cold"
             " start (shut it down, then start it)"
         )
-    return lines
+    return texts
+
+
+def sync_lines(s, uri: str | None, colour: bool = False) -> list[str]:
+    star = _star("info" if s.verified else "error", colour)
+    return [f"{star}{text}" for text in sync_texts(s, uri)]

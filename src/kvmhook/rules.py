@@ -117,12 +117,17 @@ def _finding(config: Config, line: int | None, **kw) -> Finding:
     return Finding(file=config.path, line=line, domain=name, **kw)
 
 
-def _ebuild_trips(config: Config) -> bool:
+def _grep_lines(config: Config, data: bytes | None) -> tuple[int, ...]:
+    """The lines of data on which the qemu ebuild's grep over *.xml matches."""
     if not config.globbed:
-        return False
+        return ()
     if config.mention_lines is not None:
-        return bool(config.mention_lines)
-    return config.data is not None and bool(mention_lines(config.data))
+        return config.mention_lines
+    return mention_lines(data) if data is not None else ()
+
+
+def _ebuild_trips(config: Config) -> bool:
+    return bool(_grep_lines(config, config.data))
 
 
 @check
@@ -297,14 +302,6 @@ def daemon_differs(config: Config, facts: Facts) -> Iterator[Finding]:
 
 def leftover_mentions(config: Config, data_after_fix: bytes | None) -> list[Finding]:
     """The qemu ebuild's own check, run on what the file will hold after the fix."""
-    if not config.globbed:
-        return []
-    if config.mention_lines is not None:
-        lines: tuple[int, ...] = config.mention_lines
-    elif data_after_fix is not None:
-        lines = mention_lines(data_after_fix)
-    else:
-        return []
     return [
         _finding(
             config,
@@ -317,5 +314,5 @@ def leftover_mentions(config: Config, data_after_fix: bytes | None) -> list[Find
             " and dies on this line, which is not an <emulator> kvmhook rewrites"
             " (a comment, a description, metadata or a damaged file): edit it by hand",
         )
-        for line in lines
+        for line in _grep_lines(config, data_after_fix)
     ]

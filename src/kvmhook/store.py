@@ -239,6 +239,12 @@ def _stage(path: str, data: bytes, meta: Meta, keep_mtime: bool, sync: bool = Tr
     return temp
 
 
+def _replace_one(path: str, data: bytes, meta: Meta, keep_mtime: bool) -> None:
+    """Atomically put data at path with meta, durably."""
+    os.rename(_stage(path, data, meta, keep_mtime), path)
+    _fsync_dir(os.path.dirname(path))
+
+
 def _unlink_quietly(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
@@ -361,7 +367,7 @@ def _roll_back(done: list[Planned], metas: list[Meta]) -> bool:
     ok = True
     for plan, meta in zip(done, metas, strict=False):
         try:
-            os.rename(_stage(plan.path, plan.old, meta, keep_mtime=True), plan.path)
+            _replace_one(plan.path, plan.old, meta, keep_mtime=True)
         except OSError:
             ok = False
     return ok
@@ -442,9 +448,7 @@ def undo(root: str) -> UndoResult:
             refused.append((path, f"its backup in {run} is damaged"))
             continue
         try:
-            temp = _stage(path, original, Meta.from_json(entry["meta"]), keep_mtime=True)
-            os.rename(temp, path)
-            _fsync_dir(os.path.dirname(path))
+            _replace_one(path, original, Meta.from_json(entry["meta"]), keep_mtime=True)
         except OSError as err:
             raise StoreError(_reason(err, f"cannot restore {path}")) from None
         restored.append(path)
@@ -459,5 +463,4 @@ def write_atomic(path: str, data: bytes, new_mode: int = 0o644) -> None:
     fresh = Meta(new_mode, os.geteuid(), os.getegid(), 0, ())
     meta = current[1] if current is not None else fresh
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    os.rename(_stage(path, data, meta, keep_mtime=False), path)
-    _fsync_dir(os.path.dirname(path))
+    _replace_one(path, data, meta, keep_mtime=False)
