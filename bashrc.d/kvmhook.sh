@@ -39,7 +39,8 @@ if [[ ${EBUILD_PHASE} == pretend && -z ${__KVMHOOK_CHAINED} ]]; then
 		local -a args=(hook --mode "${mode}" --root "${EROOT%/}/")
 		[[ -n ${targets// } ]] && args+=(--targets "${targets}")
 		local out status line
-		out=$("${python}" -m kvmhook "${args[@]}" 2>&1)
+		# -I: no PYTHONPATH, user site or current folder decides what root runs.
+		out=$("${python}" -I -m kvmhook "${args[@]}" 2>&1)
 		status=$?
 
 		while IFS= read -r line; do

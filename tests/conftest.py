@@ -3,6 +3,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,38 @@ import pytest
 from kvmhook.__main__ import main
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "virt-manager"
+
+# Folders made by the tests are never group- or world-writable, whatever the caller's umask.
+os.umask(0o022)
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
+
+# Real second users: nobody, and a uid with no account that the tests give files to.
+NOBODY = pwd.getpwnam("nobody")
+OTHER_UID = 4243
+SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
+
+
+def chown_tree(path: Path, uid: int, gid: int) -> None:
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
+            os.lchown(name, uid, gid)
+
+
+def as_user(
+    uid: int, gid: int, *args: str, prelude: str = "", timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """kvmhook run by another user (setpriv drops every privilege); prelude is Python run
+    first, for a test that takes one way to the daemon away."""
+    code = f"import sys\n{prelude}\nfrom kvmhook.__main__ import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+        + [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def domain_xml(

@@ -88,54 +88,88 @@ def finish_and_undo(root: Root, files: dict[str, bytes]) -> None:
         assert (root.qemu / name).read_bytes() == data, name
 
 
-def steps_of_a_full_run() -> int:
-    # N backups, the manifest, N staged files, one sync, N renames, the final manifest
-    return 3 * N + 3
+STRACE = shutil.which("strace")
+needs_strace = pytest.mark.skipif(not STRACE and not os.environ.get("CI"), reason="no strace")
 
 
-KILL_POINTS = sorted(
-    {
-        1,
-        2,
-        N - 1,
-        N,
-        N + 1,
-        N + 2,
-        N + 3,
-        N + N // 2,
-        2 * N,
-        2 * N + 1,
-        2 * N + 2,
-        2 * N + 3,
-        2 * N + 50,
-        3 * N,
-        3 * N + 1,
-        3 * N + 2,
-    }
-)
+def killed_at(root: Path, syscall: str, nth: int, *args: str) -> subprocess.Popen:
+    """kvmhook killed by SIGKILL on entry to its nth call of syscall: strace injects it,
+    so that the program itself carries no test hook."""
+    return subprocess.Popen(
+        [
+            STRACE, "-f", "-qq", "-o", os.devnull,
+            "-e", f"trace={syscall}", "-e", f"inject={syscall}:signal=KILL:when={nth}",
+            sys.executable, "-m", "kvmhook", *args, "--root", str(root), "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
-@pytest.mark.parametrize("kill_at", KILL_POINTS)
-def test_kill_at_each_step_leaves_every_file_whole(stale_root, kill_at):
+# A fix of N files makes, in this order: N backup writes, the manifest's write and rename,
+# N staged writes, one syncfs, N renames over the originals, the final manifest write and
+# rename. Each kill point stops it at one of those.
+KILL_POINTS = [
+    *(("write", n) for n in (1, 2, N - 1, N, N + 1, N + 2, N + N // 2, 2 * N + 1, 2 * N + 2)),
+    ("syncfs", 1),
+    *(("renameat", n) for n in (1, 2, 3, 2 + N // 2, N + 1, N + 2)),
+]
+
+
+@needs_strace
+@pytest.mark.parametrize(("syscall", "nth"), KILL_POINTS)
+def test_kill_at_each_step_leaves_every_file_whole(stale_root, syscall, nth):
     files = originals()
-    proc = kvmhook(stale_root.path, "fix", env={"KVMHOOK_TEST_KILL_AT": str(kill_at)})
+    proc = killed_at(stale_root.path, syscall, nth, "fix")
     proc.communicate(timeout=120)
-    assert proc.returncode == -signal.SIGKILL, "the test hook did not fire"
+    assert proc.returncode == -signal.SIGKILL, "the injected kill did not happen"
     assert_consistent(stale_root, files)
     finish_and_undo(stale_root, files)
 
 
-def test_the_step_count_is_what_the_kill_points_assume(stale_root):
-    proc = kvmhook(
-        stale_root.path, "fix", env={"KVMHOOK_TEST_KILL_AT": str(steps_of_a_full_run() + 1)}
+@needs_strace
+def test_the_kill_points_are_the_calls_a_full_run_makes(stale_root, tmp_path):
+    log = tmp_path / "calls"
+    subprocess.run(
+        [STRACE, "-f", "-qq", "-o", str(log), "-e", "trace=write,syncfs,renameat",
+         sys.executable, "-m", "kvmhook", "fix", "--root", str(stale_root.path)],
+        capture_output=True, check=True, timeout=120,
     )
+    calls = [line.split()[1].split("(")[0] for line in log.read_text().splitlines()]
+    calls = [c for c, line in zip(calls, log.read_text().splitlines(), strict=True)
+             if not line.split()[1].startswith("write(1,")]
+    assert calls.count("write") == 2 * N + 2
+    assert calls.count("syncfs") == 1
+    assert calls.count("renameat") == N + 2
+    # every backup and staged file is written before the first original is replaced
+    first_config_rename = calls.index("renameat", calls.index("syncfs"))
+    assert calls[:first_config_rename].count("write") == 2 * N + 1
+
+
+@needs_strace
+@pytest.mark.parametrize("nth", [1, 2, N // 2, N])
+def test_a_killed_undo_leaves_no_temp_file_after_the_next_run(stale_root, nth):
+    files = originals()
+    proc = kvmhook(stale_root.path, "fix")
     proc.communicate(timeout=120)
-    assert proc.returncode == 0  # one step too many: the run finished
-    proc = kvmhook(stale_root.path, "undo")
+    assert proc.returncode == 0
+    proc = killed_at(stale_root.path, "renameat", nth, "undo")
     proc.communicate(timeout=120)
-    proc = kvmhook(stale_root.path, "fix", env={"KVMHOOK_TEST_KILL_AT": str(steps_of_a_full_run())})
+    assert proc.returncode == -signal.SIGKILL
+    temps = [p.name for p in stale_root.qemu.iterdir() if p.name.endswith(".tmp")]
+    assert len(temps) == 1, temps  # the kill came before the rename of a staged file
+    # the next undo, or the next fix, removes it; and undo still restores every original
+    next_run = "undo" if nth % 2 else "fix"
+    proc = kvmhook(stale_root.path, next_run)
     proc.communicate(timeout=120)
-    assert proc.returncode == -signal.SIGKILL  # the last step is the last one
+    assert [p.name for p in stale_root.qemu.iterdir() if p.name.endswith(".tmp")] == []
+    for _ in range(5):
+        out, _ = kvmhook(stale_root.path, "undo").communicate(timeout=120)
+        if json.loads(out)["backup"] is None:
+            break
+    for name, data in files.items():
+        assert (stale_root.qemu / name).read_bytes() == data, name
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])

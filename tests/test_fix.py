@@ -149,7 +149,8 @@ def test_undo_goes_back_run_by_run(root):
 
 def test_lock_serialises_fix_runs(root):
     path = root.add("vm.xml", domain_xml())
-    with store.lock(str(root.path)):
+    state = store.open_state(str(root.path), create=True)
+    with store.lock(state):
         proc = subprocess.Popen(
             [sys.executable, "-m", "kvmhook", "fix", "--root", str(root.path), "--json"],
             stdout=subprocess.PIPE,

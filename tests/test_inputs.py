@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from conftest import domain_xml, line_of, run_module
+from conftest import NOBODY, OTHER_UID, chown_tree, domain_xml, line_of, needs_root, run_module
 
 SECRET = "TOPSECRET-7f3a9c"
 
@@ -34,20 +34,36 @@ def test_hidden_files_are_configs_libvirt_loads_but_the_ebuild_does_not_grep(roo
     assert b"<description>/usr/bin/qemu-kvm</description>" in hidden.read_bytes()
 
 
+@needs_root
 def test_session_folders(root):
     alice = root.path / "home/alice/.config/libvirt/qemu"
     admin = root.path / "root/.config/libvirt/qemu"
     for folder in (alice, admin):
         folder.mkdir(parents=True)
         (folder / "vm.xml").write_bytes(domain_xml())
+    chown_tree(root.path / "home/alice", NOBODY.pw_uid, NOBODY.pw_gid)
     # a user's link would make root read or write wherever it points
     (root.path / "home/mallory").mkdir()
     (root.path / "home/mallory/.config").symlink_to(root.path / "home/alice/.config")
+    os.lchown(root.path / "home/mallory", OTHER_UID, OTHER_UID)
+    os.lchown(root.path / "home/mallory/.config", OTHER_UID, OTHER_UID)
     _, without = root.json("check")
     assert without["findings"] == []
     code, doc = root.json("check", "--session")
     assert code == 1
-    assert {f["file"] for f in doc["findings"]} == {str(alice / "vm.xml"), str(admin / "vm.xml")}
+    by_file = {f["file"]: f for f in doc["findings"]}
+    assert set(by_file) == {
+        str(alice / "vm.xml"),
+        str(admin / "vm.xml"),
+        str(root.path / "home/mallory/.config/libvirt/qemu"),
+    }
+    # root fixes its own session folder, and only checks the user's
+    assert by_file[str(admin / "vm.xml")]["fixable"]
+    user = by_file[str(alice / "vm.xml")]
+    assert not user["fixable"] and "as nobody, run: kvmhook fix --session" in user["message"]
+    link = by_file[str(root.path / "home/mallory/.config/libvirt/qemu")]
+    assert (link["kind"], link["severity"]) == ("unreadable", "warning")
+    assert "symbolic link" in link["message"]
 
 
 def test_symlink_is_a_warning_and_never_written_through(root, tmp_path):
@@ -152,13 +168,18 @@ def test_bom_and_crlf_through_the_cli(root):
     assert path.read_bytes() == data.replace(b"/usr/bin/qemu-kvm", b"/usr/bin/qemu-system-x86_64")
 
 
-def test_oversized_file_is_not_parsed_but_grepped(root, monkeypatch):
+def test_oversized_file_is_not_parsed_and_read_only_up_to_the_cap(root, monkeypatch):
     from kvmhook import domains
 
     monkeypatch.setattr(domains, "MAX_SIZE", 4096)
-    data = b"<domain>" + b"x\n" * 5000 + b"/usr/bin/qemu-kvm\n" + b"</domain>"
+    data = b"<domain>\n/usr/bin/qemu-kvm\n" + b"x\n" * 5000 + b"/usr/bin/qemu-kvm\n</domain>"
     root.add("huge.xml", data)
+    root.add("huger.xml", b"<domain>" + b"x\n" * 5000 + b"/usr/bin/qemu-kvm\n</domain>")
     code, doc = root.json("check")
     assert code == 1
+    # the mention within the cap is found; the one past it is not read, yet the file is
+    # still an error: the ebuild's grep reads all of it
     assert kinds(doc, "huge.xml") == [("unparsable", "error"), ("grep-match", "error")]
-    assert doc["findings"][1]["line"] == 5001
+    assert [f["line"] for f in doc["findings"] if f["file"].endswith("huge.xml")] == [None, 2]
+    assert kinds(doc, "huger.xml") == [("unparsable", "error")]
+    assert "first" in doc["findings"][-1]["message"]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pwd
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import Root, domain_xml
-from daemon import LIBVIRTD, VIRSH, Daemon, bootable
+from conftest import Root, as_user, domain_xml
+from daemon import LIBVIRTD, USER, VIRSH, Daemon, bootable
 
 NEW = "/usr/bin/qemu-system-x86_64"
 
@@ -20,12 +22,30 @@ elif not (LIBVIRTD and VIRSH) and not os.environ.get("CI"):
     pytestmark = pytest.mark.skip(reason="libvirtd and virsh are not installed (.ci/run does it)")
 
 
+class DaemonRoot(Root):
+    """A ROOT that belongs to the daemon's user, who runs kvmhook on it: root does not
+    write in another user's folder (see test_security.py for what root does there)."""
+
+    def run(self, *args: str, prelude: str = "") -> tuple[int, str]:
+        if sys.modules.get("libvirt", 0) is None:  # the virsh backend: no libvirt-python
+            prelude += "\nsys.modules['libvirt'] = None"
+        user = pwd.getpwnam(USER)
+        proc = as_user(user.pw_uid, user.pw_gid, *args, "--root", str(self.path), prelude=prelude)
+        self.err = proc.stderr
+        return proc.returncode, proc.stdout
+
+    def json(self, *args: str, prelude: str = "") -> tuple[int, dict]:
+        code, out = self.run(*args, "--json", prelude=prelude)
+        assert out, self.err
+        return code, json.loads(out)
+
+
 @pytest.fixture
 def daemon_root(capsys):
     """A test ROOT whose etc/libvirt/qemu is a running session daemon's config folder."""
     # Not under pytest's tmp_path: the daemon's user must be able to reach it.
     base = Path(tempfile.mkdtemp(prefix="kvmhook-libvirtd-"))
-    root = Root(base / "root", capsys)
+    root = DaemonRoot(base / "root", capsys)
     daemon = Daemon(base / "daemon", root.path)
     root.daemon = daemon
     try:
@@ -155,13 +175,12 @@ def test_no_daemon_is_said(tmp_path, capsys):
     assert f"<emulator>{NEW}</emulator>".encode() in (root.qemu / "vm1.xml").read_bytes()
 
 
-def test_a_daemon_that_cannot_be_updated_is_an_error_with_the_command(daemon_root, monkeypatch):
-    from kvmhook import libvirt
-
-    # As with a remote daemon: no local PID to ask for a reload.
-    monkeypatch.setattr(libvirt, "daemon_pid", lambda uri: None)
+def test_a_daemon_that_cannot_be_updated_is_an_error_with_the_command(daemon_root):
+    # As when the daemon cannot be signalled: no reload after the refused definition.
+    no_reload = "import kvmhook.libvirt\nkvmhook.libvirt.reload = lambda uri: False"
     d = start_with(daemon_root, {"vm1.xml": bootable()})
-    code, doc = daemon_root.json("fix", "--connect", d.uri, "--targets", "x86_64")
+    code, doc = daemon_root.json("fix", "--connect", d.uri, "--targets", "x86_64",
+                                 prelude=no_reload)
     assert code == 1
     (synced,) = doc["synced"]
     assert synced["how"] == "not-updated" and not synced["verified"]

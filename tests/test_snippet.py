@@ -67,7 +67,7 @@ def test_runs_kvmhook_for_qemu_2_and_later(recorder, pv):
     proc = bash(CALL, phase_env(recorder, PV=pv))
     assert "status=0" in proc.stdout, proc.stdout + proc.stderr
     assert recorder[1].read_text() == (
-        "-m kvmhook hook --mode explain --root /tmp/eroot/ --targets x86_64 aarch64\n"
+        "-I -m kvmhook hook --mode explain --root /tmp/eroot/ --targets x86_64 aarch64\n"
     )
 
 
@@ -139,7 +139,7 @@ def test_mode_and_unknown_mode(recorder):
     assert "--mode fix" in recorder[1].read_text()
     proc = bash(CALL, phase_env(recorder, KVMHOOK_MODE="fixx"))
     assert "unknown KVMHOOK_MODE='fixx'" in proc.stdout
-    assert recorder[1].read_text().splitlines()[-1].startswith("-m kvmhook hook --mode explain")
+    assert recorder[1].read_text().splitlines()[-1].startswith("-I -m kvmhook hook --mode explain")
 
 
 def test_missing_python_warns_and_goes_on(recorder):

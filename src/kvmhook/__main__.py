@@ -9,7 +9,8 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from . import domains, libvirt, report, rules, scan
+from . import libvirt, report, rules, scan
+from .domains import Folder
 from .findings import Finding, has_errors
 
 EXIT_OK, EXIT_FINDINGS, EXIT_FAILED = 0, 1, 2
@@ -44,6 +45,7 @@ def _facts(args: argparse.Namespace, root: str, link: libvirt.Link) -> rules.Fac
         keep_type=getattr(args, "keep_type", False),
         held=link.held(),
         daemon=link.uri,
+        daemon_folder=link.folder,
     )
 
 
@@ -92,36 +94,50 @@ def _emit(
 def cmd_check(args: argparse.Namespace) -> int:
     root = _root(args.root)
     link = _link(args, root)
-    outcomes = scan.scan(root, args.session, _facts(args, root, link), verify=False)
+    with scan.Tree(root, args.session) as tree:
+        outcomes = scan.scan(tree, _facts(args, root, link))
+    link.close()
     colour = report.use_colour(sys.stdout) and not args.json
     head = [report.info(link.note, colour)]
     return _emit(args, root, _findings(outcomes), head, daemon=link.as_json())
 
 
 def _apply_fix(
-    root: str, session: bool, facts: rules.Facts, outcomes: list[scan.Outcome], link: libvirt.Link
+    root: str, tree: scan.Tree, facts: rules.Facts, outcomes: list[scan.Outcome],
+    link: libvirt.Link,
 ) -> tuple[list[Finding], str | None, list[scan.Outcome], list[libvirt.Synced]]:
     """(the findings fixed, the backup folder, what is left, daemon syncs) after fixing."""
     from . import store
 
     if not any(o.new_data is not None or o.daemon_behind for o in outcomes):
+        if store.stale_temps(tree.folders):
+            _clean_up(root, tree)
         return [], None, outcomes, []
-    with store.lock(root):
-        store.clean_stale_temps(domains.config_folders(root, session))
-        # Another run may have fixed some files while this one waited.
-        todo = [o for o in scan.scan(root, session, facts) if o.new_data or o.daemon_behind]
-        edited = [o for o in todo if o.new_data is not None]
-        run = None
-        if edited:
-            plans = [store.Planned(o.config.path, o.config.data, o.new_data) for o in edited]
-            run = store.replace_files(root, plans)
-        synced = _sync(link, [(o.config.path, o.new_data or o.config.data) for o in todo])
-        if run:
-            for s in synced:
-                if s.how == "defined":  # the daemon wrote the file in its own format
-                    store.note_rewrite(root, run, s.path)
-        facts = facts._replace(held=link.held())
-        after = scan.scan(root, session, facts, verify=False)
+    state = store.open_state(root, create=True)
+    try:
+        with store.lock(state):
+            store.clean_stale_temps(tree.folders, state)
+            # Another run may have fixed some files while this one waited.
+            todo = [o for o in scan.scan(tree, facts) if o.new_data or o.daemon_behind]
+            edited = [o for o in todo if o.new_data is not None]
+            run = None
+            if edited:
+                plans = [
+                    store.Planned(o.config.folder, o.config.name, o.config.data, o.new_data)
+                    for o in edited
+                ]
+                run = store.replace_files(state, plans)
+            files = [(o.config.folder, o.config.name, o.new_data or o.config.data) for o in todo]
+            synced = _sync(link, files)
+            if run:
+                folders = {os.path.join(f.path, n): (f, n) for f, n, _ in files}
+                for s in synced:
+                    if s.how == "defined":  # the daemon wrote the file in its own format
+                        store.note_rewrite(state, run, *folders[s.path])
+            facts = facts._replace(held=link.held())
+            after = scan.scan(tree, facts)
+    finally:
+        state.close()
     changes = [f for o in todo for f in o.changes]
     changes += [
         f for o in todo if o.daemon_behind for f in o.findings if f.kind == "daemon-differs"
@@ -129,10 +145,25 @@ def _apply_fix(
     return changes, run, after, synced
 
 
-def _sync(link: libvirt.Link, files: list[tuple[str, bytes]]) -> list[libvirt.Synced]:
-    if link.conn is None:
-        return []
-    done = [libvirt.sync(link.conn, link.uri, path, data) for path, data in files]
+def _clean_up(root: str, tree: scan.Tree) -> None:
+    """Remove a killed run's temporary files, under the lock."""
+    from . import store
+
+    state = store.open_state(root, create=True)
+    try:
+        with store.lock(state):
+            store.clean_stale_temps(tree.folders, state)
+    finally:
+        state.close()
+
+
+def _sync(link: libvirt.Link, files: list[tuple[Folder, str, bytes]]) -> list[libvirt.Synced]:
+    """Bring the daemon in line with each file, for the files in its own folder only."""
+    done = [
+        libvirt.sync(link.conn, link.uri, os.path.join(folder.path, name), data)
+        for folder, name, data in files
+        if link.owns(folder.identity)
+    ]
     return [s for s in done if s is not None]
 
 
@@ -159,25 +190,26 @@ def cmd_fix(args: argparse.Namespace) -> int:
     root = _root(args.root)
     link = _link(args, root)
     facts = _facts(args, root, link)
-    # Verified edits for a dry run; otherwise the run under the lock verifies what it writes.
-    outcomes = scan.scan(root, args.session, facts, verify=args.dry_run)
     colour = report.use_colour(sys.stdout) and not args.json
-    if args.dry_run:
-        from . import edit
+    with scan.Tree(root, args.session) as tree:
+        outcomes = scan.scan(tree, facts)
+        if args.dry_run:
+            link.close()
+            from . import edit
 
-        diff = "".join(
-            edit.unified_diff(o.config.path, o.config.data or b"", o.new_data)
-            for o in outcomes
-            if o.new_data is not None
-        )
-        if not args.json:
-            sys.stdout.write(diff)
-        head = [report.info(link.note, colour)]
-        return _emit(args, root, _findings(outcomes), head, diff=diff, daemon=link.as_json())
-    try:
-        changes, run, outcomes, synced = _apply_fix(root, args.session, facts, outcomes, link)
-    finally:
-        link.close()
+            diff = "".join(
+                edit.unified_diff(o.config.path, o.config.data or b"", o.new_data)
+                for o in outcomes
+                if o.new_data is not None
+            )
+            if not args.json:
+                sys.stdout.write(report.clean_diff(diff))
+            head = [report.info(link.note, colour)]
+            return _emit(args, root, _findings(outcomes), head, diff=diff, daemon=link.as_json())
+        try:
+            changes, run, outcomes, synced = _apply_fix(root, tree, facts, outcomes, link)
+        finally:
+            link.close()
     head = [report.change_line(f, colour) for f in changes]
     if run:
         head.append(
@@ -203,14 +235,26 @@ def cmd_undo(args: argparse.Namespace) -> int:
     from . import store
 
     root = _root(args.root)
+    if args.list:
+        return _list_runs(args, root)
     link = _link(args, root)
     synced: list[libvirt.Synced] = []
-    if store.last_run(root) is None:
-        result = store.UndoResult(None, (), ())
-    else:
-        with store.lock(root):
-            result = store.undo(root)
-            synced = _sync(link, [(p, _read(p)) for p in result.restored])
+    result = store.UndoResult(None, (), ())
+    state = store.open_state(root, create=False)
+    if state is not None:
+        try:
+            # every folder this run may write: undo restores what any fix wrote
+            with scan.Tree(root, True, system=True) as tree, store.lock(state):
+                store.clean_stale_temps(tree.folders, state)
+                result = store.undo(state, tree.folders, args.run)
+                by_path = {f.path: f for f in tree.folders}
+                files = []
+                for path in result.restored:
+                    folder, name = by_path[os.path.dirname(path)], os.path.basename(path)
+                    files.append((folder, name, _read(folder, name)))
+                synced = _sync(link, files)
+        finally:
+            state.close()
     link.close()
     refusals = [
         Finding(
@@ -245,9 +289,45 @@ def cmd_undo(args: argparse.Namespace) -> int:
     )
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+def _list_runs(args: argparse.Namespace, root: str) -> int:
+    from . import store
+
+    state = store.open_state(root, create=False)
+    try:
+        found = store.runs(state) if state is not None else []
+    finally:
+        if state is not None:
+            state.close()
+    if args.json:
+        import json
+
+        doc = {"schema": report.SCHEMA, "root": root, "runs": [r.as_json() for r in found]}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return EXIT_OK
+    colour = report.use_colour(sys.stdout)
+    lines = [report.info("No fix run has backups here.", colour)] if not found else []
+    for run in found:
+        held = [e for e in run.entries if not e.restored]
+        state_text = "undone" if run.state == "undone" else "not undone"
+        lines.append(
+            report.info(f"{run.id} ({state_text}): {len(held)} of {len(run.entries)} file(s)"
+                        " still held here", colour)
+        )
+        lines += [report.info(f"  {e.path} <- {e.backup}", colour) for e in held]
+    if found:
+        lines.append(report.info("Undo one run: kvmhook undo --run ID", colour))
+    sys.stdout.write("\n".join(lines) + "\n")
+    return EXIT_OK
+
+
+def _read(folder: Folder, name: str) -> bytes:
+    from .domains import read_all
+
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder.fd)
+    try:
+        return read_all(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
 
 
 HOOK_STOP = 3  # tells the bash snippet to die
@@ -260,28 +340,32 @@ def cmd_hook(args: argparse.Namespace) -> int:
     root = _root(args.root)
     link = _link(args, root)
     facts = _facts(args, root, link)
-    outcomes = scan.scan(root, args.session, facts, verify=False)
     commands = (_fix_command(args, root), _undo_command(root))
     lines: list[str] = []
     synced: list[libvirt.Synced] = []
-    if args.mode == "fix":
-        try:
-            changes, run, outcomes, synced = _apply_fix(root, args.session, facts, outcomes, link)
-        except store.StoreError as err:
-            lines = report.portage_failure(str(err))
-            print("\n".join(lines))
-            return HOOK_STOP
-        finally:
-            link.close()
-        lines += report.portage_changes(changes, run, commands[1])
-        lines += [f"elog {text.strip()}" for s in synced for text in report.sync_texts(s, link.uri)]
-        if run and link.conn is None:
-            lines.append(f"elog kvmhook: {link.note}")
+    with scan.Tree(root, args.session) as tree:
+        outcomes = scan.scan(tree, facts)
+        if args.mode == "fix":
+            try:
+                changes, run, outcomes, synced = _apply_fix(root, tree, facts, outcomes, link)
+            except store.StoreError as err:
+                lines = report.portage_failure(str(err))
+                print("\n".join(report.for_portage(line) for line in lines))
+                return HOOK_STOP
+            finally:
+                link.close()
+            lines += report.portage_changes(changes, run, commands[1])
+            lines += [
+                f"elog {text.strip()}" for s in synced for text in report.sync_texts(s, link.uri)
+            ]
+            if run and link.conn is None:
+                lines.append(f"elog kvmhook: {link.note}")
+    link.close()
     findings = _not_updated(synced, _findings(outcomes))
     stop = has_errors(findings) and args.mode != "warn"
     lines += report.portage_findings(findings, commands, stop, args.mode)
     if lines:
-        print("\n".join(lines))
+        print("\n".join(report.for_portage(line) for line in lines))
     return HOOK_STOP if stop else EXIT_OK
 
 
@@ -366,6 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
         "undo", formatter_class=_Formatter, help="restore the files of the last fix run"
     )
     common(undo, False)
+    undo.add_argument("--run", metavar="ID", help="undo this run (see --list), not the last")
+    undo.add_argument(
+        "--list", action="store_true", help="list the backup runs and what each still holds"
+    )
     undo.set_defaults(func=cmd_undo)
 
     run_hook = sub.add_parser(

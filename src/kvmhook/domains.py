@@ -1,8 +1,12 @@
-"""Finding libvirt domain configs and reading them without trusting them."""
+"""Finding libvirt domain configs and reading them without trusting them.
+
+Every folder is opened from ROOT one component at a time without following links,
+and every file relative to its folder's fd: nothing another user controls can
+redirect what kvmhook reads, and a user's folder is never written by anyone else.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import stat
@@ -16,7 +20,189 @@ MAX_SIZE = 16 * 1024 * 1024
 SYSTEM_FOLDER = "etc/libvirt/qemu"
 SESSION_FOLDER = ".config/libvirt/qemu"
 
-_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_READ = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_STEP = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_LIST = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Opens an entry without opening what it is: a device is never opened, a link not followed.
+_PIN = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def untrusted(st: os.stat_result, euid: int) -> str | None:
+    """Why a folder is not safe to write in, or None: someone but root and euid controls it."""
+    if st.st_uid not in (0, euid):
+        return f"belongs to {user_name(st.st_uid)}"
+    if st.st_mode & 0o022:
+        return "can be written by its group or by others"
+    return None
+
+
+def walk(root_fd: int, rel: str, euid: int) -> tuple[int, str | None, os.stat_result]:
+    """An fd for ROOT/rel opened one component at a time with O_NOFOLLOW; why it is
+    untrusted (the first component that another user owns or can write), or None; its stat.
+
+    Raises OSError; ENOTDIR or ELOOP mean a component is not a real folder (a link).
+    """
+    parts = [p for p in rel.split("/") if p]
+    fd, why = root_fd, None
+    try:
+        for i, part in enumerate(parts):
+            new = os.open(part, _LIST if i == len(parts) - 1 else _STEP, dir_fd=fd)
+            if fd != root_fd:
+                os.close(fd)
+            fd = new
+            st = os.fstat(fd)
+            if why is None and (reason := untrusted(st, euid)):
+                why = f"{'/'.join(parts[: i + 1])} {reason}"
+    except BaseException:
+        if fd != root_fd:
+            os.close(fd)
+        raise
+    if fd == root_fd:
+        fd = os.dup(root_fd)
+        st = os.fstat(fd)
+    return fd, why, st
+
+
+class Folder:
+    """A config folder opened from ROOT: fd pins it, and all access goes through fd.
+
+    why is None when this run may write here; else why not, with the command that the
+    folder's owner runs instead (kvmhook never writes where another user has a say).
+    """
+
+    __slots__ = ("path", "rel", "fd", "owner", "session", "why", "identity")
+
+    def __init__(self, root: str, rel: str, fd: int, owner: int, session: bool, why: str | None):
+        self.path = os.path.join(root, rel)
+        self.rel, self.fd, self.owner, self.session, self.why = rel, fd, owner, session, why
+        st = os.fstat(fd)
+        self.identity = (st.st_dev, st.st_ino)
+
+    @property
+    def writable(self) -> bool:
+        return self.why is None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class FolderProblem(namedtuple("FolderProblem", "path reason severity")):
+    """A config folder that could not be opened safely: it becomes a finding."""
+
+    __slots__ = ()
+
+
+def _fix_command(root: str, session: bool) -> str:
+    import shlex
+
+    words = ["kvmhook", "fix"] + (["--session"] if session else [])
+    if root != "/":
+        words += ["--root", shlex.quote(root)]
+    return " ".join(words)
+
+
+def open_folder(root: str, root_fd: int, rel: str, session: bool) -> Folder | FolderProblem | None:
+    """The config folder ROOT/rel, a problem when it cannot be opened safely, or None
+    when it does not exist."""
+    euid = os.geteuid()
+    try:
+        fd, why, st = walk(root_fd, rel, euid)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        severity = "warning" if session else "error"
+        path = os.path.join(root, rel)
+        if err.errno in (20, 40):  # ENOTDIR, ELOOP
+            return FolderProblem(path, "a component is a symbolic link or not a folder;"
+                                 " kvmhook does not follow it", severity)
+        return FolderProblem(path, f"cannot be opened: {oserror(err)}", severity)
+    if why is not None:
+        me = "root" if euid == 0 else user_name(euid)
+        owner = st.st_uid
+        who = user_name(owner) if owner not in (0, euid) else "its owner"
+        why = (
+            f"{why}: kvmhook does not write there as {me}; as {who}, run:"
+            f" {_fix_command(root, session)}"
+        )
+    return Folder(root, rel, fd, st.st_uid, session, why)
+
+
+def _homes(root_fd: int, euid: int) -> list[str]:
+    """ROOT/root and ROOT/home/*, as paths relative to ROOT; for a user, only their own."""
+    found = []
+    with_owner = []
+    try:
+        st = os.stat("root", dir_fd=root_fd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            with_owner.append(("root", st.st_uid))
+    except OSError:
+        pass
+    try:
+        home_fd = os.open("home", _LIST, dir_fd=root_fd)
+    except OSError:
+        home_fd = -1
+    if home_fd >= 0:
+        try:
+            for entry in os.scandir(home_fd):
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    with_owner.append((f"home/{entry.name}", st.st_uid))
+        finally:
+            os.close(home_fd)
+    for rel, owner in sorted(with_owner):
+        if euid == 0 or owner == euid:
+            found.append(rel)
+    return found
+
+
+def config_folders(
+    root: str, session: bool, system: bool | None = None
+) -> tuple[list[Folder], list[FolderProblem]]:
+    """The config folders below root that exist, system folder first, each opened safely.
+
+    As root: the system folder, and with session every user's folder too (those only
+    checked). As another user: the system folder, or with session that user's own
+    folder only (system=True adds the system folder). The caller closes the folders.
+    """
+    euid = os.geteuid()
+    if system is None:
+        system = euid == 0 or not session
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        rels = []
+        if system:
+            rels.append((SYSTEM_FOLDER, False))
+        if session:
+            rels += [(f"{home}/{SESSION_FOLDER}", True) for home in _homes(root_fd, euid)]
+        folders, problems = [], []
+        for rel, is_session in rels:
+            opened = open_folder(root, root_fd, rel, is_session)
+            if isinstance(opened, Folder):
+                folders.append(opened)
+            elif opened is not None:
+                problems.append(opened)
+        return folders, problems
+    finally:
+        os.close(root_fd)
+
+
+def discover(folders: list[Folder]) -> Iterator[Config]:
+    """Every top-level *.xml entry of each folder, read safely and parsed."""
+    for folder in folders:
+        names = sorted(e.name for e in os.scandir(folder.fd) if e.name.endswith(".xml"))
+        for name in names:
+            yield read_config(folder, name)
 
 
 class Emulator(namedtuple("Emulator", "index text line span")):
@@ -40,8 +226,8 @@ class Domain(namedtuple("Domain", "name uuid type arch emulators line type_span 
 class Config(
     namedtuple(
         "Config",
-        "path entry data domain problem_kind problem mention_lines",
-        defaults=(None, None, None, None, None),
+        "path entry data domain problem_kind problem mention_lines folder",
+        defaults=(None, None, None, None, None, None),
     )
 ):
     """One entry named *.xml in a config folder.
@@ -49,7 +235,7 @@ class Config(
     entry is "file" for a regular file, else what it is ("symlink", "fifo", ...).
     problem_kind/problem say why a file was not read or parsed as a domain.
     data holds the bytes the ebuild's grep would read (for a symlink, its target's).
-    mention_lines is set only for files too large to hold.
+    mention_lines is set only for files too large to hold. folder is the Folder it is in.
     """
 
     __slots__ = ()
@@ -59,41 +245,9 @@ class Config(
         """Whether the qemu ebuild's *.xml glob sees it; libvirt also loads hidden ones."""
         return not os.path.basename(self.path).startswith(".")
 
-
-def config_folders(root: str, session: bool) -> list[str]:
-    """The config folders below root that exist, system folder first."""
-    found = []
-    system = os.path.join(root, SYSTEM_FOLDER)
-    if os.path.isdir(system):
-        found.append(system)
-    if session:
-        homes = [os.path.join(root, "root")]
-        home_base = os.path.join(root, "home")
-        if os.path.isdir(home_base):
-            homes += sorted(e.path for e in os.scandir(home_base) if e.is_dir())
-        for home in homes:
-            folder = os.path.join(home, SESSION_FOLDER)
-            if os.path.isdir(folder) and not _links_below(home, folder):
-                found.append(folder)
-    return found
-
-
-def _links_below(base: str, folder: str) -> bool:
-    # A user owns everything below their home: never follow their links as root.
-    path = base
-    for part in os.path.relpath(folder, base).split(os.sep):
-        path = os.path.join(path, part)
-        if os.path.islink(path):
-            return True
-    return False
-
-
-def discover(folders: list[str]) -> Iterator[Config]:
-    """Every top-level *.xml entry of each folder, read safely and parsed."""
-    for folder in folders:
-        names = sorted(e.name for e in os.scandir(folder) if e.name.endswith(".xml"))
-        for name in names:
-            yield read_config(os.path.join(folder, name))
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
 
 
 def _entry_kind(mode: int) -> str:
@@ -110,62 +264,108 @@ def _entry_kind(mode: int) -> str:
     return "device"
 
 
-def read_config(path: str) -> Config:
+def reopen(pinned: int, name: str, dir_fd: int) -> int:
+    """A readable fd for the regular file that pinned (an O_PATH fd) refers to.
+
+    Through /proc the very inode is opened, so a swap of the name in between changes
+    nothing; without /proc the name is opened with O_NOFOLLOW and must be that inode.
+    """
     try:
-        st = os.lstat(path)
+        fd = os.open(f"/proc/self/fd/{pinned}", _READ)
+    except FileNotFoundError:
+        fd = os.open(name, _READ | os.O_NOFOLLOW, dir_fd=dir_fd)
+    before, after = os.fstat(pinned), os.fstat(fd)
+    if (before.st_dev, before.st_ino) != (after.st_dev, after.st_ino) or not stat.S_ISREG(
+        after.st_mode
+    ):
+        os.close(fd)
+        raise OSError(16, "the file was swapped while it was opened")  # EBUSY
+    return fd
+
+
+def read_config(folder: Folder, name: str) -> Config:
+    path = os.path.join(folder.path, name)
+    try:
+        pinned = os.open(name, _PIN, dir_fd=folder.fd)
     except OSError as err:
-        return Config(path, "file", problem_kind="unreadable", problem=_oserror(err))
+        return Config(path, "file", problem_kind="unreadable", problem=oserror(err), folder=folder)
+    try:
+        return _read_pinned(folder, name, path, pinned)
+    except OSError as err:
+        return Config(path, "file", problem_kind="unreadable", problem=oserror(err), folder=folder)
+    except Exception as err:  # one bad file is one finding, never the end of the run
+        return Config(path, "file", problem_kind="unparsable", problem=_crash(err), folder=folder)
+    finally:
+        os.close(pinned)
+
+
+def _read_pinned(folder: Folder, name: str, path: str, pinned: int) -> Config:
+    st = os.fstat(pinned)
     kind = _entry_kind(st.st_mode)
     if kind == "symlink":
         data, lines = None, None
-        # Opening a device can have side effects (a tape rewinds): open regular targets only.
-        with contextlib.suppress(OSError):
-            if stat.S_ISREG(os.stat(path).st_mode):
-                data, lines, _ = _read_regular(path, follow=True)
-        return Config(path, kind, data=data, mention_lines=lines)
+        if folder.writable:
+            # The ebuild's grep follows links in the system folder; only root made them.
+            # O_PATH opens no device: only a regular target is read.
+            try:
+                target = os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=folder.fd)
+            except OSError:
+                target = -1
+            if target >= 0:
+                try:
+                    if stat.S_ISREG(os.fstat(target).st_mode):
+                        fd = reopen(target, name, folder.fd)
+                        try:
+                            data, lines = _read_capped(fd)
+                        finally:
+                            os.close(fd)
+                except OSError:
+                    data, lines = None, None
+                finally:
+                    os.close(target)
+        return Config(path, kind, data=data, mention_lines=lines, folder=folder)
     if kind != "file":
-        return Config(path, kind)
+        return Config(path, kind, folder=folder)
+    if not folder.writable and st.st_uid != folder.owner:
+        # A hard link to a file that is not the folder owner's (a root-only file) is not read.
+        return Config(
+            path,
+            kind,
+            problem_kind="unreadable",
+            problem=f"owned by {user_name(st.st_uid)}, not by the folder's owner: not read",
+            folder=folder,
+        )
+    fd = reopen(pinned, name, folder.fd)
     try:
-        data, lines, st = _read_regular(path, follow=False)
-    except OSError as err:
-        return Config(path, kind, problem_kind="unreadable", problem=_oserror(err))
-    if st is None:
-        # Swapped for something else since the folder was listed.
-        return Config(path, "device")
-    if data is None:
+        data, lines = _read_capped(fd)
+    finally:
+        os.close(fd)
+    if lines is not None:
         return Config(
             path,
             kind,
             problem_kind="unparsable",
-            problem=f"larger than {MAX_SIZE // (1024 * 1024)} MiB, not a domain config",
+            problem=f"larger than {MAX_SIZE // (1024 * 1024)} MiB, not a domain config"
+            f" (only its first {MAX_SIZE // (1024 * 1024)} MiB were read)",
             mention_lines=lines,
+            folder=folder,
         )
     domain, problem_kind, problem = parse(data)
-    return Config(path, kind, data, domain, problem_kind, problem)
+    return Config(path, kind, data, domain, problem_kind, problem, folder=folder)
 
 
-def _read_regular(
-    path: str, follow: bool
-) -> tuple[bytes | None, tuple[int, ...] | None, os.stat_result | None]:
-    """(bytes, None, stat) of a regular file; (None, mention lines, stat) when too large.
+def _read_capped(fd: int) -> tuple[bytes | None, tuple[int, ...] | None]:
+    """(bytes, None) of a file up to MAX_SIZE; (None, mention lines in its first MAX_SIZE
+    bytes) for a larger one. Never reads past the cap, whatever st_size claims."""
+    size = os.fstat(fd).st_size
+    data = read_all(fd, min(size, MAX_SIZE), MAX_SIZE)
+    if len(data) > MAX_SIZE:
+        return None, mention_lines(data[:MAX_SIZE])
+    return data, None
 
-    (None, None, None) when the path is not a regular file. O_NONBLOCK keeps a
-    FIFO that replaced the file from blocking the open; fstat then rejects it.
-    """
-    flags = _OPEN_FLAGS if follow else _OPEN_FLAGS | os.O_NOFOLLOW
-    fd = os.open(path, flags)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None, None, None
-        if st.st_size > MAX_SIZE:
-            return None, _scan_mentions(fd), st
-        data = read_all(fd, st.st_size, MAX_SIZE)
-        if data is None:  # it grew past the limit while being read
-            return None, _scan_mentions(fd), st
-        return data, None, st
-    finally:
-        os.close(fd)
+
+def _crash(err: Exception) -> str:
+    return f"kvmhook could not handle it ({type(err).__name__}: {err})"
 
 
 NEEDLE = b"/usr/bin/qemu-kvm"
@@ -185,36 +385,26 @@ def mention_lines(data: bytes) -> tuple[int, ...]:
     return tuple(lines)
 
 
-def read_all(fd: int, size_hint: int, limit: int | None = None) -> bytes | None:
-    """The rest of fd; None once past limit. Reads are sized from the hint: a
-    fixed large read size would leave the allocator fragmented over many files."""
+def read_all(fd: int, size_hint: int, limit: int | None = None) -> bytes:
+    """The rest of fd, or with limit at most limit + 1 bytes (more than limit: too large).
+    Reads are sized from the hint: a fixed large read size would leave the allocator
+    fragmented over many files."""
     chunks, total = [], 0
-    while chunk := os.read(fd, max(size_hint - total, 0) + 4096):
+    while True:
+        want = max(size_hint - total, 0) + 4096
+        if limit is not None:
+            want = min(want, limit + 1 - total)
+            if want <= 0:
+                break
+        chunk = os.read(fd, want)
+        if not chunk:
+            break
         chunks.append(chunk)
         total += len(chunk)
-        if limit is not None and total > limit:
-            return None
     return b"".join(chunks)
 
 
-def _scan_mentions(fd: int) -> tuple[int, ...]:
-    os.lseek(fd, 0, os.SEEK_SET)
-    found: list[int] = []
-    line, tail = 1, b""
-    while chunk := os.read(fd, 1 << 20):
-        block = tail + chunk
-        for n in mention_lines(block):
-            absolute = line + n - 1
-            if not found or found[-1] < absolute:
-                found.append(absolute)
-        # Keep a tail short enough that no match is counted twice on a new line.
-        keep = len(NEEDLE) - 1
-        tail = block[-keep:]
-        line += block.count(b"\n", 0, len(block) - keep)
-    return tuple(found)
-
-
-def _oserror(err: OSError) -> str:
+def oserror(err: OSError) -> str:
     return err.strerror or str(err)
 
 
@@ -374,6 +564,11 @@ def _read(reader: _Reader, data: bytes) -> tuple[Domain | None, str | None, str 
     except expat.ExpatError as err:
         reason = f"{expat.ErrorString(err.code)}, line {err.lineno}, column {err.offset}"
         return None, "unparsable", f"not well-formed XML: {reason}"
+    except (ValueError, LookupError, UnicodeError) as err:
+        # pyexpat reads UTF-8, UTF-16, Latin-1 and ASCII; other declared encodings end here
+        return None, "unparsable", f"declares an encoding kvmhook cannot read ({err})"
+    except RecursionError:
+        return None, "unparsable", "nested too deeply to read"
     name, attrs, line, _ = reader.root
     if name != "domain" or "xmlns" in attrs:
         return None, "not-a-domain", f"root element is <{name}>, not <domain>"

@@ -26,34 +26,38 @@ def source_line(snippet: str) -> str:
     return f"if [[ -r {quoted} ]]; then source {quoted}; fi  {MARKER}\n"
 
 
-def _lines(path: str) -> list[str]:
+def _lines(path: str) -> list[bytes]:
+    """The bashrc's lines as bytes: it may hold any bytes, and they are kept as they are."""
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, "rb") as f:
             return f.read().splitlines(keepends=True)
     except FileNotFoundError:
         return []
+
+
+_MARKER = MARKER.encode()
 
 
 def install(root: str) -> tuple[str, bool]:
     """(bashrc path, whether it changed): exactly one marked line sources the snippet."""
     path = os.path.join(root, BASHRC)
     lines = _lines(path)
-    wanted = source_line(snippet_path(root))
-    marked = [line for line in lines if MARKER in line]
+    wanted = source_line(snippet_path(root)).encode()
+    marked = [line for line in lines if _MARKER in line]
     if marked == [wanted]:
         return path, False
-    kept = [line for line in lines if MARKER not in line]
-    if kept and not kept[-1].endswith("\n"):
-        kept[-1] += "\n"
-    store.write_atomic(path, "".join([*kept, wanted]).encode())
+    kept = [line for line in lines if _MARKER not in line]
+    if kept and not kept[-1].endswith(b"\n"):
+        kept[-1] += b"\n"
+    store.write_atomic(path, b"".join([*kept, wanted]))
     return path, True
 
 
 def uninstall(root: str) -> tuple[str, bool]:
     path = os.path.join(root, BASHRC)
     lines = _lines(path)
-    kept = [line for line in lines if MARKER not in line]
+    kept = [line for line in lines if _MARKER not in line]
     if len(kept) == len(lines):
         return path, False
-    store.write_atomic(path, "".join(kept).encode())
+    store.write_atomic(path, b"".join(kept))
     return path, True

@@ -183,8 +183,8 @@ def socket_path(uri: str) -> str | None:
     return None
 
 
-def daemon_pid(uri: str) -> int | None:
-    """The PID of the local daemon behind a URI, from its socket's peer credentials."""
+def peer(uri: str) -> tuple[int, int] | None:
+    """(pid, uid) of the local daemon behind a URI, from its socket's peer credentials."""
     import socket
     import struct
 
@@ -198,8 +198,63 @@ def daemon_pid(uri: str) -> int | None:
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         except OSError:
             return None
-    pid = struct.unpack("3i", creds)[0]
-    return pid or None
+    pid, uid, _ = struct.unpack("3i", creds)
+    return (pid, uid) if pid else None
+
+
+def daemon_pid(uri: str) -> int | None:
+    found = peer(uri)
+    return found[0] if found else None
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            raw = f.read(1 << 20)
+    except OSError:
+        return {}
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in pairs}
+
+
+def daemon_folder(uri: str) -> tuple[tuple[int, int] | None, str]:
+    """The (device, inode) of the folder from which the local daemon behind uri loads its
+    domain configs, and where that is; None (and why) when that cannot be told.
+
+    A system daemon (root) loads /etc/libvirt/qemu, a session daemon its config home's
+    libvirt/qemu, as seen from the daemon's own root. The folder must belong to the
+    daemon's user: a user's daemon never speaks for the system folder.
+    """
+    import pwd
+
+    path = socket_path(uri)
+    if path is None:
+        return None, "not a local daemon whose process can be asked"
+    found = peer(uri)
+    if found is None:
+        raise DaemonError(f"nothing answers on {path}")
+    pid, uid = found
+    if uid == 0:
+        rel = "etc/libvirt/qemu"
+    else:
+        env = _environ(pid)
+        home = env.get("HOME")
+        if not home:
+            try:
+                home = pwd.getpwuid(uid).pw_dir
+            except KeyError:
+                return None, f"its user (uid {uid}) has no home"
+        config = env.get("XDG_CONFIG_HOME", "")
+        config = config if config.startswith("/") else os.path.join(home, ".config")
+        rel = os.path.join(config, "libvirt/qemu").lstrip("/")
+    where = "/" + rel
+    try:
+        st = os.stat(os.path.join(f"/proc/{pid}/root", rel))
+    except OSError as err:
+        return None, f"its config folder {where} cannot be seen ({err.strerror})"
+    if st.st_uid != uid:
+        return None, f"its config folder {where} does not belong to the daemon's user"
+    return (st.st_dev, st.st_ino), where
 
 
 def connect(uri: str):
@@ -314,10 +369,20 @@ def sync(conn, uri: str, path: str, data: bytes) -> Synced | None:
 
 
 class Link:
-    """A reached daemon, or why none was: what fix, undo and check say about it."""
+    """A reached daemon, or why none was: what fix, undo and check say about it.
 
-    def __init__(self, uri: str | None, conn: object | None, note: str):
-        self.uri, self.conn, self.note = uri, conn, note
+    folder is the (device, inode) of the config folder it loads: it is told only about
+    files in that folder.
+    """
+
+    def __init__(
+        self,
+        uri: str | None,
+        conn: object | None,
+        note: str,
+        folder: tuple[int, int] | None = None,
+    ):
+        self.uri, self.conn, self.note, self.folder = uri, conn, note, folder
 
     def held(self) -> dict[str, Held] | None:
         if self.conn is None:
@@ -328,12 +393,17 @@ class Link:
             self.conn, self.note = None, f"no libvirt daemon reached at {self.uri}: {err}"
             return None
 
+    def owns(self, identity: tuple[int, int] | None) -> bool:
+        """Whether a file in the folder with this identity belongs to this daemon."""
+        return self.conn is not None and identity is not None and identity == self.folder
+
     def as_json(self) -> dict:
         via = getattr(self.conn, "via", None)
         return {"uri": self.uri, "reached": self.conn is not None, "via": via, "note": self.note}
 
     def close(self) -> None:
-        if self.conn is not None:
+        if self.conn is not None and not getattr(self, "_closed", False):
+            self._closed = True
             self.conn.close()
 
 
@@ -342,7 +412,19 @@ def attach(uri: str | None, root: str, session: bool) -> Link:
     if uri is None:
         return Link(None, None, "no libvirt daemon reached: none runs for this root (--connect)")
     try:
+        folder, where = daemon_folder(uri)
+    except DaemonError as err:
+        return Link(uri, None, f"no libvirt daemon reached at {uri}: {err}")
+    if folder is None:
+        return Link(
+            uri,
+            None,
+            f"libvirt daemon {uri} left alone: kvmhook cannot tell which config folder it"
+            f" loads ({where}), and tells a daemon only about the files in its own folder",
+        )
+    try:
         conn = connect(uri)
     except DaemonError as err:
         return Link(uri, None, f"no libvirt daemon reached at {uri}: {err}")
-    return Link(uri, conn, f"libvirt daemon {uri} reached through {conn.via}")
+    return Link(uri, conn, f"libvirt daemon {uri} reached through {conn.via} (configs in {where})",
+                folder)

@@ -12,6 +12,30 @@ _COLOURS = {"error": "\033[31;01m", "warning": "\033[33;01m", "info": "\033[32;0
 _RESET = "\033[0m"
 
 
+# Control characters in names and paths would start new lines or steer the terminal.
+_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+_ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def clean(text: object) -> str:
+    """text with every control character written as an escape: one line, inert."""
+    return str(text).translate(_ESCAPES)
+
+
+def for_portage(line: str) -> str:
+    """A 'function text' line for the snippet: portage's eerror runs the text through
+    echo -e, so backslashes are doubled after escaping."""
+    function, _, text = line.partition(" ")
+    return f"{function} {clean(text).replace(chr(92), chr(92) * 2)}"
+
+
+def clean_diff(diff: str) -> str:
+    """A diff for the terminal: line ends and tabs kept, other control characters escaped."""
+    keep = {ord("\n"): "\n", ord("\t"): "\t"}
+    return diff.translate({**_ESCAPES, **keep})
+
+
 def use_colour(stream) -> bool:
     return "NO_COLOR" not in os.environ and hasattr(stream, "isatty") and stream.isatty()
 
@@ -27,21 +51,21 @@ def _where(f: Finding) -> str:
 
 def finding_block(f: Finding, fix_command: str, colour: bool = False) -> list[str]:
     star = _star(f.severity, colour)
-    lines = [f"{star}{f.severity.upper()}: {_where(f)} [{f.kind}]"]
+    lines = [f"{f.severity.upper()}: {_where(f)} [{f.kind}]"]
     if f.current is not None or f.proposed is not None:
-        lines.append(f"{star}  {f.current or '-'} -> {f.proposed or '(no automatic fix)'}")
-    lines.append(f"{star}  {f.message}")
+        lines.append(f"  {f.current or '-'} -> {f.proposed or '(no automatic fix)'}")
+    lines.append(f"  {f.message}")
     if f.fixable:
-        lines.append(f"{star}  fix: {fix_command}")
-    return lines
+        lines.append(f"  fix: {fix_command}")
+    return [f"{star}{clean(line)}" for line in lines]
 
 
 def change_line(f: Finding, colour: bool = False) -> str:
-    return f"{_star('info', colour)}Fixed {_where(f)}: {f.current} -> {f.proposed}"
+    return info(f"Fixed {_where(f)}: {f.current} -> {f.proposed}", colour)
 
 
 def info(text: str, colour: bool = False) -> str:
-    return f"{_star('info', colour)}{text}"
+    return f"{_star('info', colour)}{clean(text)}"
 
 
 def summary(findings: Sequence[Finding], colour: bool = False, clean: str = "") -> str:
@@ -171,4 +195,4 @@ def sync_texts(s, uri: str | None) -> list[str]:
 
 def sync_lines(s, uri: str | None, colour: bool = False) -> list[str]:
     star = _star("info" if s.verified else "error", colour)
-    return [f"{star}{text}" for text in sync_texts(s, uri)]
+    return [f"{star}{clean(text)}" for text in sync_texts(s, uri)]

@@ -34,15 +34,16 @@ _SYSTEM_BINARY = re.compile(r"^/usr/bin/qemu-system-([A-Za-z0-9_]+)$")
 class Facts(
     namedtuple(
         "Facts",
-        "host_arch installed targets keep_type held daemon",
-        defaults=(None, False, None, None),
+        "host_arch installed targets keep_type held daemon daemon_folder",
+        defaults=(None, False, None, None, None),
     )
 ):
     """What the pending merge (or the host) provides.
 
     installed: the qemu-system-* targets present under ROOT; targets: the
     QEMU_SOFTMMU_TARGETS the merge installs, or None when unknown (then installed
-    decides); held: what a reached libvirt daemon (URI daemon) holds, by UUID, or None.
+    decides); held: what a reached libvirt daemon (URI daemon) holds, by UUID, or None;
+    daemon_folder: the (device, inode) of the folder that daemon loads its configs from.
     """
 
     __slots__ = ()
@@ -127,6 +128,8 @@ def _grep_lines(config: Config, data: bytes | None) -> tuple[int, ...]:
 
 
 def _ebuild_trips(config: Config) -> bool:
+    if config.mention_lines is not None and config.globbed:
+        return True  # too large to read whole: the ebuild's grep may match past the cap
     return bool(_grep_lines(config, config.data))
 
 
@@ -154,7 +157,13 @@ def special_entry(config: Config, facts: Facts) -> Iterator[Finding]:
 def unreadable(config: Config, facts: Facts) -> Iterator[Finding]:
     if config.problem_kind in ("unparsable", "unreadable", "not-a-domain"):
         severity = "error" if _ebuild_trips(config) else "warning"
-        tail = "; the qemu ebuild's grep matches it" if severity == "error" else ""
+        tail = ""
+        if severity == "error":
+            tail = "; the qemu ebuild's grep " + (
+                "reads all of it: move it out of this folder"
+                if config.mention_lines is not None
+                else "matches it"
+            )
         yield _finding(
             config,
             None,
@@ -266,6 +275,9 @@ def kvm_dropped(config: Config, facts: Facts) -> Iterator[Finding]:
 def daemon_differs(config: Config, facts: Facts) -> Iterator[Finding]:
     domain = config.domain
     if facts.held is None or domain is None or not domain.uuid:
+        return
+    # Name and UUID are copied easily: only a file in the daemon's own folder is its domain.
+    if config.folder is None or config.folder.identity != facts.daemon_folder:
         return
     held = facts.held.get(domain.uuid.lower())
     if held is None or held.name != domain.name:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import namedtuple
 
 from . import domains, rules
-from .domains import Config
+from .domains import Config, Folder
+from .findings import Finding
 
 
 class Outcome(namedtuple("Outcome", "config findings new_data")):
@@ -26,16 +27,42 @@ class Outcome(namedtuple("Outcome", "config findings new_data")):
         return any(f.fixable and f.change.what == "daemon" for f in self.findings)
 
 
-def assess(config: Config, facts: rules.Facts, verify: bool = True) -> Outcome:
-    """Findings and the new bytes; verify checks the edit with a second parser (fix does)."""
+class Tree:
+    """The config folders of one ROOT, opened safely and held open for one command."""
+
+    def __init__(self, root: str, session: bool, system: bool | None = None):
+        self.root, self.session = root, session
+        self.folders, self.problems = domains.config_folders(root, session, system)
+
+    def close(self) -> None:
+        for folder in self.folders:
+            folder.close()
+
+    def __enter__(self) -> Tree:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _not_here(finding: Finding, folder: Folder) -> Finding:
+    return finding._replace(change=None, message=f"{finding.message}; not fixed: {folder.why}")
+
+
+def assess(config: Config, facts: rules.Facts) -> Outcome:
+    """Findings and the new bytes, the edit verified by a second parser: check says
+    fixable exactly when fix would write it."""
     findings = rules.evaluate(config, facts)
+    folder = config.folder
+    if folder is not None and not folder.writable:
+        findings = [_not_here(f, folder) if f.fixable else f for f in findings]
     changes = [f.change for f in findings if f.change is not None and f.change.what != "daemon"]
     new_data = None
     if changes:
         from . import edit
 
         try:
-            new_data = (edit.apply if verify else edit.splice)(config.data, changes, config.domain)
+            new_data = edit.apply(config.data, changes, config.domain)
         except edit.EditError as err:
             findings = [
                 f._replace(change=None, message=f"{f.message}; not fixed automatically: {err}")
@@ -53,6 +80,28 @@ def assess(config: Config, facts: rules.Facts, verify: bool = True) -> Outcome:
     return outcome
 
 
-def scan(root: str, session: bool, facts: rules.Facts, verify: bool = True) -> list[Outcome]:
-    folders = domains.config_folders(root, session)
-    return [assess(config, facts, verify) for config in domains.discover(folders)]
+def _safely(config: Config, facts: rules.Facts) -> Outcome:
+    try:
+        return assess(config, facts)
+    except Exception as err:  # one bad file is one finding, never the end of the run
+        why = f"kvmhook could not handle it ({type(err).__name__}: {err})"
+        return assess(config._replace(domain=None, problem_kind="unparsable", problem=why), facts)
+
+
+def _folder_outcome(problem: domains.FolderProblem) -> Outcome:
+    finding = Finding(
+        file=problem.path,
+        line=None,
+        domain=None,
+        kind="unreadable",
+        severity=problem.severity,
+        current=None,
+        proposed=None,
+        message=f"config folder not scanned: {problem.reason}",
+    )
+    return Outcome(Config(problem.path, "folder"), (finding,), None)
+
+
+def scan(tree: Tree, facts: rules.Facts) -> list[Outcome]:
+    outcomes = [_folder_outcome(p) for p in tree.problems]
+    return outcomes + [_safely(c, facts) for c in domains.discover(tree.folders)]
