@@ -11,8 +11,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import Root, as_user, domain_xml
+from conftest import NOBODY, OTHER_UID, Root, as_user, chown_tree, domain_xml
 from daemon import LIBVIRTD, USER, VIRSH, Daemon, bootable
+
+from kvmhook.__main__ import main
 
 NEW = "/usr/bin/qemu-system-x86_64"
 
@@ -179,8 +181,9 @@ def test_a_daemon_that_cannot_be_updated_is_an_error_with_the_command(daemon_roo
     # As when the daemon cannot be signalled: no reload after the refused definition.
     no_reload = "import kvmhook.libvirt\nkvmhook.libvirt.reload = lambda uri: False"
     d = start_with(daemon_root, {"vm1.xml": bootable()})
-    code, doc = daemon_root.json("fix", "--connect", d.uri, "--targets", "x86_64",
-                                 prelude=no_reload)
+    code, doc = daemon_root.json(
+        "fix", "--connect", d.uri, "--targets", "x86_64", prelude=no_reload
+    )
     assert code == 1
     (synced,) = doc["synced"]
     assert synced["how"] == "not-updated" and not synced["verified"]
@@ -199,3 +202,59 @@ def test_hook_fix_mode_reaches_the_daemon(daemon_root):
     assert code == 0, out
     assert "elog libvirt (" in out and "now holds the file's definition of vm1" in out
     assert f"<emulator>{NEW}</emulator>" in d.inactive_xml("vm1")
+
+
+# Each file goes only to its own daemon (the 'Safe as root' cases).
+
+DISK = "<disk type='block' device='disk'><source dev='/dev/sda'/><target dev='vda'/></disk>"
+
+
+def look_alike(emulator: str = NEW) -> bytes:
+    """A user's file with a daemon guest's name and UUID (both visible in ps) and a host disk."""
+    disk = f"    {DISK}\n  </devices>".encode()
+    return bootable(emulator=emulator).replace(b"  </devices>", disk)
+
+
+def test_a_users_config_never_reaches_the_daemon_that_root_talks_to(daemon_root, backend):
+    # The session daemon stands in for the system daemon: it holds vm1 with a stale emulator,
+    # which is what made a file with vm1's name and UUID look like a fix to it.
+    d = start_with(daemon_root, {"vm1.xml": bootable()})
+    system_copy = (daemon_root.qemu / "vm1.xml").read_bytes()
+    folder = daemon_root.path / "home/mallory/.config/libvirt/qemu"
+    folder.mkdir(parents=True)
+    (folder / "vm1.xml").write_bytes(look_alike())
+    chown_tree(daemon_root.path / "home/mallory", OTHER_UID, OTHER_UID)
+    code = main(["fix", "--session", "--connect", d.uri, "--root", str(daemon_root.path), "--json"])
+    doc = json.loads(daemon_root.capsys.readouterr().out)
+    assert doc["daemon"]["reached"], doc["daemon"]
+    assert "/dev/sda" not in d.inactive_xml("vm1")
+    assert doc["synced"] == [] and doc["fixed"] == []
+    assert (daemon_root.qemu / "vm1.xml").read_bytes() == system_copy
+    assert (folder / "vm1.xml").read_bytes() == look_alike()
+    assert not [f for f in doc["findings"] if f["kind"] == "daemon-differs"]
+    # root leaves the daemon's own folder to its owner too, and says whom to ask
+    (stale,) = [f for f in doc["findings"] if f["kind"] == "wrapper-emulator"]
+    assert not stale["fixable"] and "as nobody, run: kvmhook fix" in stale["message"]
+    assert code == 1
+
+
+def test_name_and_uuid_do_not_make_a_file_the_daemons(daemon_root):
+    d = start_with(daemon_root, {"vm1.xml": bootable()})
+    # another tree of the same user, with a file of the same name and UUID
+    other = Root(daemon_root.path.parent / "other")
+    (other.qemu / "vm1.xml").write_bytes(look_alike())
+    chown_tree(other.path, NOBODY.pw_uid, NOBODY.pw_gid)
+    user = pwd.getpwnam(USER)
+    proc = as_user(
+        user.pw_uid, user.pw_gid, "check", "--connect", d.uri, "--root", str(other.path), "--json"
+    )
+    doc = json.loads(proc.stdout)
+    assert doc["daemon"]["reached"]
+    assert not [f for f in doc["findings"] if f["kind"] == "daemon-differs"]
+    proc = as_user(
+        user.pw_uid, user.pw_gid, "fix", "--connect", d.uri, "--root", str(other.path), "--json"
+    )
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 0 and doc["synced"] == []
+    assert "/dev/sda" not in d.inactive_xml("vm1")
+    assert "/usr/bin/qemu-kvm" in d.inactive_xml("vm1")

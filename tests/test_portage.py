@@ -182,3 +182,18 @@ def test_user_hook_is_chained(make_playground):
     proc = pg.run(QEMU)
     assert "USER-PRE-PRETEND qemu" in proc.stdout and "[wrapper-emulator]" in proc.stdout
     assert proc.returncode == 1
+
+
+def test_names_cannot_add_lines_to_emerges_output(make_playground):
+    """A file or domain name with a newline or an escape stays one inert line in emerge's
+    output, through portage's own eerror (which runs echo -e)."""
+    pg = make_playground()
+    (pg.qemu_configs / "odd\x1b[2J\n.xml").write_bytes(
+        domain_xml("vm\n * ERROR: spoofed line \\e[7mMARK")
+    )
+    proc = pg.run(QEMU)
+    assert proc.returncode == 1, proc.stdout
+    out = proc.stdout
+    assert "\x1b[2J" not in out and "\x1b[7mMARK" not in out
+    assert not any(line.lstrip().startswith("* ERROR: spoofed") for line in out.splitlines())
+    assert "odd\\x1b[2J\\n.xml" in out and "vm\\n * ERROR: spoofed line \\e[7mMARK" in out

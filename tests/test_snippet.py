@@ -190,6 +190,36 @@ def test_lines_reach_portage_functions_and_status_3_dies(tmp_path):
     assert "status=0" in proc.stdout
 
 
+def test_the_environment_cannot_choose_what_python_runs(tmp_path):
+    """PYTHONPATH, the user site and the current folder do not reach the hook's Python."""
+    fake = tmp_path / "planted"
+    (fake / "kvmhook").mkdir(parents=True)
+    (fake / "kvmhook/__init__.py").write_text("")
+    (fake / "kvmhook/__main__.py").write_text("print('eerror PLANTED')\n")
+    root = tmp_path / "root"
+    (root / "etc/libvirt/qemu").mkdir(parents=True)
+    env = {
+        "CATEGORY": "app-emulation",
+        "PN": "qemu",
+        "PV": "8.2.0",
+        "EROOT": str(root),
+        "KVMHOOK_PYTHON": sys.executable,
+        "PYTHONPATH": str(fake),
+        "PYTHONUSERBASE": str(fake),
+        "PYTHONSTARTUP": str(fake / "kvmhook/__main__.py"),
+    }
+    proc = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", PORTAGE_FUNCS + CALL],
+        env={"PATH": os.environ["PATH"], "EBUILD_PHASE": "pretend", **env},
+        cwd=fake,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "PLANTED" not in proc.stdout + proc.stderr
+    assert "status=0" in proc.stdout
+
+
 def test_shellcheck_is_clean():
     shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
     proc = subprocess.run([shellcheck, "-s", "bash", str(SNIPPET)], capture_output=True, text=True)

@@ -103,7 +103,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _apply_fix(
-    root: str, tree: scan.Tree, facts: rules.Facts, outcomes: list[scan.Outcome],
+    root: str,
+    tree: scan.Tree,
+    facts: rules.Facts,
+    outcomes: list[scan.Outcome],
     link: libvirt.Link,
 ) -> tuple[list[Finding], str | None, list[scan.Outcome], list[libvirt.Synced]]:
     """(the findings fixed, the backup folder, what is left, daemon syncs) after fixing."""
@@ -310,8 +313,11 @@ def _list_runs(args: argparse.Namespace, root: str) -> int:
         held = [e for e in run.entries if not e.restored]
         state_text = "undone" if run.state == "undone" else "not undone"
         lines.append(
-            report.info(f"{run.id} ({state_text}): {len(held)} of {len(run.entries)} file(s)"
-                        " still held here", colour)
+            report.info(
+                f"{run.id} ({state_text}): {len(held)} of {len(run.entries)} file(s)"
+                " still held here",
+                colour,
+            )
         )
         lines += [report.info(f"  {e.path} <- {e.backup}", colour) for e in held]
     if found:

@@ -124,8 +124,11 @@ def open_folder(root: str, root_fd: int, rel: str, session: bool) -> Folder | Fo
         severity = "warning" if session else "error"
         path = os.path.join(root, rel)
         if err.errno in (20, 40):  # ENOTDIR, ELOOP
-            return FolderProblem(path, "a component is a symbolic link or not a folder;"
-                                 " kvmhook does not follow it", severity)
+            return FolderProblem(
+                path,
+                "a component is a symbolic link or not a folder; kvmhook does not follow it",
+                severity,
+            )
         return FolderProblem(path, f"cannot be opened: {oserror(err)}", severity)
     if why is not None:
         me = "root" if euid == 0 else user_name(euid)

@@ -33,7 +33,7 @@ def parse_tree(data: bytes):
     try:
         root = etree.fromstring(data, _PARSER)
     except etree.XMLSyntaxError as err:
-        raise EditError(f"not well-formed XML: {err.msg}") from None
+        raise EditError(err.msg) from None
     dtd = root.getroottree().docinfo.internalDTD
     if dtd is not None and any(True for _ in dtd.iterentities()):
         raise EditError("declares entities")
@@ -84,7 +84,11 @@ def _canonical(root) -> bytes:
 
 def verify(old: bytes, new: bytes, changes: Sequence[Change]) -> None:
     """new must parse to old with exactly the changes applied, and nothing else."""
-    expected = parse_tree(old)
+    try:
+        expected = parse_tree(old)
+    except EditError as err:
+        why = f"the edit cannot be verified, lxml does not read the file ({err})"
+        raise EditError(why) from None
     for change in changes:
         if change.what == "emulator":
             element = expected.findall("devices/emulator")[change.index]

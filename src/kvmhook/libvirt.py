@@ -426,5 +426,6 @@ def attach(uri: str | None, root: str, session: bool) -> Link:
         conn = connect(uri)
     except DaemonError as err:
         return Link(uri, None, f"no libvirt daemon reached at {uri}: {err}")
-    return Link(uri, conn, f"libvirt daemon {uri} reached through {conn.via} (configs in {where})",
-                folder)
+    return Link(
+        uri, conn, f"libvirt daemon {uri} reached through {conn.via} (configs in {where})", folder
+    )

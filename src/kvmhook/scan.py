@@ -84,8 +84,19 @@ def _safely(config: Config, facts: rules.Facts) -> Outcome:
     try:
         return assess(config, facts)
     except Exception as err:  # one bad file is one finding, never the end of the run
-        why = f"kvmhook could not handle it ({type(err).__name__}: {err})"
-        return assess(config._replace(domain=None, problem_kind="unparsable", problem=why), facts)
+        why = f"kvmhook could not handle it ({type(err).__name__}: {err}); left as it is"
+        tripped = bool(config.globbed and config.data and domains.mention_lines(config.data))
+        finding = Finding(
+            file=config.path,
+            line=None,
+            domain=None,
+            kind="unparsable",
+            severity="error" if tripped else "warning",
+            current=None,
+            proposed=None,
+            message=why + ("; the qemu ebuild's grep matches it" if tripped else ""),
+        )
+        return Outcome(config._replace(data=None), (finding,), None)
 
 
 def _folder_outcome(problem: domains.FolderProblem) -> Outcome:

@@ -219,8 +219,9 @@ def lock(state: State, wait: float = LOCK_WAIT) -> Iterator[None]:
     """Serialise fix and undo runs on one state folder."""
     path = os.path.join(state.path, "lock")
     try:
-        fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                     dir_fd=state.fd)
+        fd = os.open(
+            "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=state.fd
+        )
     except OSError as err:
         raise StoreError(_reason(err, f"cannot create the lock {path}")) from None
     try:
@@ -324,8 +325,9 @@ def _temp_name(name: str) -> str:
     return f".{name}.kvmhook-{secrets.token_hex(4)}.tmp"
 
 
-def _stage(dir_fd: int, name: str, data: bytes, meta: Meta, keep_mtime: bool,
-           sync: bool = True) -> str:
+def _stage(
+    dir_fd: int, name: str, data: bytes, meta: Meta, keep_mtime: bool, sync: bool = True
+) -> str:
     """A complete copy of data beside name, with its metadata (synced unless told)."""
     temp = _temp_name(name)
     fd = os.open(temp, _NEW, 0o600, dir_fd=dir_fd)
@@ -671,8 +673,12 @@ def _undo_entry(
     raw_path = entry.get("path") if isinstance(entry, dict) else None
     path = os.path.join(state.root, raw_path) if isinstance(raw_path, str) else "(no path)"
     raw_backup = entry.get("backup") if isinstance(entry, dict) else None
-    backup = os.path.join(state.run_path(run), str(raw_backup))
-    keep = f"; its original is kept in {backup}"
+    if isinstance(raw_backup, str) and _BACKUP_NAME.fullmatch(raw_backup):
+        backup = os.path.join(state.run_path(run), raw_backup)
+        keep = f"; its original is kept in {backup}"
+    else:
+        backup = state.run_path(run)
+        keep = f"; its original may be among the backups in {backup}"
     try:
         folder, name = _entry_target(entry, folders)
         meta = Meta.from_json(entry.get("meta"))
