@@ -513,3 +513,56 @@ def test_a_user_fixes_their_own_folder_as_themselves(host):
     proc = as_user(NOBODY.pw_uid, NOBODY.pw_gid, "undo", "--root", str(host.path), "--json")
     assert proc.returncode == 0, proc.stderr
     assert (home / ".config/libvirt/qemu/x.xml").read_bytes() == stale
+
+
+@pytest.fixture
+def account(host):
+    """A real user account whose home is ROOT/home/kvmhook-test on the test's host."""
+    name, uid = "kvmhook-test", 4244
+    subprocess.run(["userdel", name], capture_output=True)
+    subprocess.run(
+        [
+            "useradd",
+            "--no-create-home",
+            "--home-dir",
+            "/home/" + name,
+            "--uid",
+            str(uid),
+            "--user-group",
+            "--shell",
+            "/usr/sbin/nologin",
+            name,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield name, uid
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+
+
+def test_a_user_on_a_system_root_keeps_the_state_in_their_home(host, account):
+    name, uid = account
+    import grp
+
+    gid = grp.getgrnam(name).gr_gid
+    home = host.path / "home" / name
+    folder = home / ".config/libvirt/qemu"
+    folder.mkdir(parents=True)
+    stale = domain_xml("x")
+    (folder / "x.xml").write_bytes(stale)
+    chown_tree(home, uid, gid)
+    mine = host.add("vm.xml", domain_xml("vm"))  # root's: the user leaves it alone
+    from conftest import as_user
+
+    proc = as_user(uid, gid, "fix", "--session", "--root", str(host.path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["fixed"] == [str(folder / "x.xml")]
+    assert mine.read_bytes() == domain_xml("vm")
+    state = home / ".local/state/kvmhook"
+    assert state.stat().st_uid == uid and stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert not (host.path / "var/lib/kvmhook").exists()
+    proc = as_user(uid, gid, "undo", "--root", str(host.path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert (folder / "x.xml").read_bytes() == stale
