@@ -167,8 +167,17 @@ def test_json_schema(root):
     root.add("vm.xml", domain_xml())
     code, doc = root.json("check")
     assert code == 1
-    assert set(doc) == {"schema", "root", "findings", "fixed", "backup", "daemon"}
+    keys = {"schema", "root", "findings", "fixed", "backup", "daemon", "merge", "scanned"}
+    assert set(doc) == keys
     assert doc["daemon"]["reached"] is False and doc["daemon"]["uri"] is None
+    # not a Gentoo root: the merge is unknown, and the binaries in ROOT/usr/bin decide
+    assert doc["merge"] == {
+        "installed": [],
+        "pending": None,
+        "targets": None,
+        "source": "ROOT/usr/bin",
+    }
+    assert doc["scanned"] == [{"folder": str(root.qemu), "configs": 1}]
     assert doc["schema"] == 1 and doc["root"] == str(root.path)
     (f,) = doc["findings"]
     assert set(f) == {

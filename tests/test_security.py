@@ -450,7 +450,7 @@ def test_12_names_cannot_spoof_lines(root):
     code, out = root.run("hook", "--mode", "explain")
     assert code == 3 and "\x1b" not in out
     for line in out.splitlines():
-        assert line.split(" ", 1)[0] in ("eerror", "ewarn", "elog"), line
+        assert line.split(" ", 1)[0] in ("eerror", "ewarn", "elog", "einfo"), line
     # portage's eerror runs echo -e: a backslash reaches it doubled, and prints as itself
     assert "\\\\e[7mMARK" in out and "odd\\\\x1b[2J\\\\n.xml" in out
     echoed = subprocess.run(

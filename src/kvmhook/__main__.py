@@ -9,7 +9,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from . import libvirt, report, rules, scan
+from . import __version__, libvirt, merge, report, rules, scan
 from .domains import Folder
 from .findings import Finding, has_errors
 
@@ -24,10 +24,28 @@ def _targets(value: str | None) -> frozenset[str] | None:
     if value is None:
         return None
     names = [n for n in re.split(r"[,\s]+", value) if n]
+    if not names:
+        raise UsageError("--targets: empty; name the QEMU softmmu targets, such as x86_64")
     bad = [n for n in names if not re.fullmatch(r"[a-z0-9_]+", n)]
     if bad:
         raise UsageError(f"--targets: {bad[0]!r} is not a QEMU softmmu target name")
     return frozenset(names)
+
+
+def _merge(args: argparse.Namespace, root: str) -> merge.Merge:
+    """The pending merge: options first, then portage (never from the hook, whose
+    options come from portage's own environment)."""
+    version = args.qemu_version
+    if version is not None and not re.fullmatch(r"[0-9][0-9A-Za-z._]*", version):
+        raise UsageError(f"--qemu-version: {version!r} is not a version such as 10.1.0")
+    targets = _targets(args.targets)
+    hook = args.func is cmd_hook
+    found = merge.facts(root, targets, version, ask_portage=not hook)
+    if targets is not None and not hook:
+        for name in sorted(targets):
+            if why := merge.unknown_target(name, found.known):
+                raise UsageError(f"--targets: {why}")
+    return found
 
 
 def _root(value: str) -> str:
@@ -37,11 +55,13 @@ def _root(value: str) -> str:
     return root
 
 
-def _facts(args: argparse.Namespace, root: str, link: libvirt.Link) -> rules.Facts:
+def _facts(
+    args: argparse.Namespace, root: str, link: libvirt.Link, pending: merge.Merge
+) -> rules.Facts:
     return rules.Facts(
         host_arch=os.uname().machine,
         installed=rules.installed_targets(root),
-        targets=_targets(args.targets),
+        targets=pending.targets,
         keep_type=getattr(args, "keep_type", False),
         held=link.held(),
         daemon=link.uri,
@@ -93,13 +113,32 @@ def _emit(
 
 def cmd_check(args: argparse.Namespace) -> int:
     root = _root(args.root)
+    pending = _merge(args, root)
     link = _link(args, root)
-    with scan.Tree(root, args.session) as tree:
-        outcomes = scan.scan(tree, _facts(args, root, link))
+    with scan.Tree(root, args.session, warn_missing=True) as tree:
+        outcomes = scan.scan(tree, _facts(args, root, link, pending))
+        scanned = tree.counts()
     link.close()
     colour = report.use_colour(sys.stdout) and not args.json
-    head = [report.info(link.note, colour)]
-    return _emit(args, root, _findings(outcomes), head, daemon=link.as_json())
+    head = [report.info(pending.line(root), colour), *_scanned_lines(root, scanned, colour)]
+    head.append(report.info(link.note, colour))
+    return _emit(
+        args,
+        root,
+        _findings(outcomes),
+        head,
+        merge=pending.as_json(),
+        scanned=[{"folder": f, "configs": n} for f, n in scanned],
+        daemon=link.as_json(),
+    )
+
+
+def _scanned_lines(root: str, scanned: list[tuple[str, int]], colour: bool) -> list[str]:
+    """How many configs were read where: nothing read is never an all-clear."""
+    if not scanned:
+        return [report.info("Read no domain configs: no config folder was found.", colour)]
+    text = ", ".join(f"{n} in {folder}" for folder, n in scanned)
+    return [report.info(f"Read {sum(n for _, n in scanned)} domain config(s): {text}", colour)]
 
 
 def _apply_fix(
@@ -191,11 +230,17 @@ def _not_updated(synced: Sequence[libvirt.Synced], findings: list[Finding]) -> l
 
 def cmd_fix(args: argparse.Namespace) -> int:
     root = _root(args.root)
+    pending = _merge(args, root)
     link = _link(args, root)
-    facts = _facts(args, root, link)
+    facts = _facts(args, root, link, pending)
     colour = report.use_colour(sys.stdout) and not args.json
-    with scan.Tree(root, args.session) as tree:
+    first = [report.info(pending.line(root), colour)]
+    extra = {"merge": pending.as_json()}
+    with scan.Tree(root, args.session, warn_missing=True) as tree:
         outcomes = scan.scan(tree, facts)
+        scanned = tree.counts()
+        first += _scanned_lines(root, scanned, colour)
+        extra["scanned"] = [{"folder": f, "configs": n} for f, n in scanned]
         if args.dry_run:
             link.close()
             from . import edit
@@ -207,13 +252,15 @@ def cmd_fix(args: argparse.Namespace) -> int:
             )
             if not args.json:
                 sys.stdout.write(report.clean_diff(diff))
-            head = [report.info(link.note, colour)]
-            return _emit(args, root, _findings(outcomes), head, diff=diff, daemon=link.as_json())
+            head = [*first, report.info(link.note, colour)]
+            return _emit(
+                args, root, _findings(outcomes), head, diff=diff, daemon=link.as_json(), **extra
+            )
         try:
             changes, run, outcomes, synced = _apply_fix(root, tree, facts, outcomes, link)
         finally:
             link.close()
-    head = [report.change_line(f, colour) for f in changes]
+    head = first + [report.change_line(f, colour) for f in changes]
     if run:
         head.append(
             report.info(f"Backups in {run}; to put the files back: {_undo_command(root)}", colour)
@@ -231,6 +278,7 @@ def cmd_fix(args: argparse.Namespace) -> int:
         changes=[f.as_json() for f in changes],
         daemon=link.as_json(),
         synced=[s.as_json() for s in synced],
+        **extra,
     )
 
 
@@ -345,12 +393,14 @@ def cmd_hook(args: argparse.Namespace) -> int:
 
     root = _root(args.root)
     link = _link(args, root)
-    facts = _facts(args, root, link)
+    facts = _facts(args, root, link, _merge(args, root))
     commands = (_fix_command(args, root), _undo_command(root))
     lines: list[str] = []
     synced: list[libvirt.Synced] = []
     with scan.Tree(root, args.session) as tree:
         outcomes = scan.scan(tree, facts)
+        scanned = ", ".join(f"{n} in {folder}" for folder, n in tree.counts()) or "none"
+        lines.append(f"einfo kvmhook: read the libvirt domain configs: {scanned}")
         if args.mode == "fix":
             try:
                 changes, run, outcomes, synced = _apply_fix(root, tree, facts, outcomes, link)
@@ -416,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kvmhook",
         description="Find and safely fix stale qemu-kvm emulator paths in libvirt domain configs.",
     )
+    parser.add_argument("--version", action="version", version=f"kvmhook {__version__}")
     # A prog here spares argparse a help formatter (and shutil) at every start.
     sub = parser.add_subparsers(dest="command", required=True, prog="kvmhook")
 
@@ -432,7 +483,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--targets",
                 metavar="LIST",
-                help="the QEMU_SOFTMMU_TARGETS the pending qemu merge installs (comma-separated)",
+                help="the QEMU_SOFTMMU_TARGETS the pending qemu merge installs (comma-separated;"
+                " default: from portage on a Gentoo root, else the binaries in ROOT/usr/bin)",
+            )
+            p.add_argument(
+                "--qemu-version",
+                metavar="V",
+                help="the app-emulation/qemu version about to be merged (default: from portage)",
             )
             p.add_argument(
                 "--session", action="store_true", help="also the users' session config folders"

@@ -7,6 +7,7 @@ redirect what kvmhook reads, and a user's folder is never written by anyone else
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
@@ -97,8 +98,10 @@ class Folder:
             self.fd = -1
 
 
-class FolderProblem(namedtuple("FolderProblem", "path reason severity")):
-    """A config folder that could not be opened safely: it becomes a finding."""
+class FolderProblem(
+    namedtuple("FolderProblem", "path reason severity kind", defaults=("unreadable",))
+):
+    """A config folder that could not be opened safely, or is missing: it becomes a finding."""
 
     __slots__ = ()
 
@@ -169,8 +172,20 @@ def _homes(root_fd: int, euid: int) -> list[str]:
     return found
 
 
+def _missing(root: str, rel: str) -> FolderProblem:
+    path = os.path.join(root, rel)
+    reason = f"{path} does not exist: there are no libvirt domain configs to check here"
+    with contextlib.suppress(OSError):
+        if any(e.name.endswith(".xml") for e in os.scandir(root)):
+            reason += (
+                f"; {root} holds *.xml files itself: --root takes the system's root folder"
+                " (such as /), not the config folder"
+            )
+    return FolderProblem(path, reason, "warning", "missing-folder")
+
+
 def config_folders(
-    root: str, session: bool, system: bool | None = None
+    root: str, session: bool, system: bool | None = None, warn_missing: bool = False
 ) -> tuple[list[Folder], list[FolderProblem]]:
     """The config folders below root that exist, system folder first, each opened safely.
 
@@ -195,6 +210,8 @@ def config_folders(
                 folders.append(opened)
             elif opened is not None:
                 problems.append(opened)
+            elif warn_missing and not is_session:
+                problems.append(_missing(root, rel))
         return folders, problems
     finally:
         os.close(root_fd)

@@ -25,6 +25,43 @@ ARCH_TO_TARGET = {
     "armv7l": "arm",
     "ppc64le": "ppc64",
 }
+# QEMU's softmmu targets, as QEMU_SOFTMMU_TARGETS names them (current ones and ones that
+# older releases had), for checking names when the pending ebuild's IUSE is not known.
+QEMU_TARGETS = frozenset(
+    [
+        "aarch64",
+        "alpha",
+        "arm",
+        "avr",
+        "cris",
+        "hppa",
+        "i386",
+        "loongarch64",
+        "m68k",
+        "microblaze",
+        "microblazeel",
+        "mips",
+        "mips64",
+        "mips64el",
+        "mipsel",
+        "nios2",
+        "or1k",
+        "ppc",
+        "ppc64",
+        "riscv32",
+        "riscv64",
+        "rx",
+        "s390x",
+        "sh4",
+        "sh4eb",
+        "sparc",
+        "sparc64",
+        "tricore",
+        "x86_64",
+        "xtensa",
+        "xtensaeb",
+    ]
+)
 # A binary that runs the guests of a target that will not be installed.
 COMPATIBLE_TARGET = {"i386": "x86_64", "arm": "aarch64", "ppc": "ppc64"}
 

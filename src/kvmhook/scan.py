@@ -30,9 +30,20 @@ class Outcome(namedtuple("Outcome", "config findings new_data")):
 class Tree:
     """The config folders of one ROOT, opened safely and held open for one command."""
 
-    def __init__(self, root: str, session: bool, system: bool | None = None):
+    def __init__(
+        self, root: str, session: bool, system: bool | None = None, warn_missing: bool = False
+    ):
         self.root, self.session = root, session
-        self.folders, self.problems = domains.config_folders(root, session, system)
+        self.folders, self.problems = domains.config_folders(root, session, system, warn_missing)
+
+    def counts(self) -> list[tuple[str, int]]:
+        """(folder, how many *.xml entries it holds) for each folder scanned."""
+        import os
+
+        return [
+            (f.path, sum(1 for e in os.scandir(f.fd) if e.name.endswith(".xml")))
+            for f in self.folders
+        ]
 
     def close(self) -> None:
         for folder in self.folders:
@@ -104,11 +115,13 @@ def _folder_outcome(problem: domains.FolderProblem) -> Outcome:
         file=problem.path,
         line=None,
         domain=None,
-        kind="unreadable",
+        kind=problem.kind,
         severity=problem.severity,
         current=None,
         proposed=None,
-        message=f"config folder not scanned: {problem.reason}",
+        message=problem.reason
+        if problem.kind == "missing-folder"
+        else f"config folder not scanned: {problem.reason}",
     )
     return Outcome(Config(problem.path, "folder"), (finding,), None)
 
