@@ -1,16 +1,21 @@
 # kvmhook: fix or explain stale qemu-kvm paths in libvirt configs before qemu's pkg_pretend.
-# Sourced from /etc/portage/bashrc (see 'kvmhook install-hook'). It defines functions in the
-# pretend phase only, and forks nothing for any package but app-emulation/qemu >= 2.
+# Sourced from /etc/portage/bashrc (see 'kvmhook install-hook'). It defines anything only in
+# the pretend phase of app-emulation/qemu 2.0 and later, so it forks nothing for any other
+# package.
 # Settings (make.conf, /etc/portage/env or the environment):
 #   KVMHOOK_MODE=explain|fix|warn|off   (default explain)
-#   KVMHOOK_PYTHON=/path/to/python      (default python3)
+#   KVMHOOK_PYTHON=/path/to/python      (default: what install-hook wired, else the
+#                                        installed kvmhook command, else python3)
 
-if [[ ${EBUILD_PHASE} == pretend && -z ${__KVMHOOK_CHAINED} ]]; then
+# qemu 2.0 dropped the wrappers ("9999" counts as new); PV's leading number decides.
+if [[ ${EBUILD_PHASE} == pretend && ${CATEGORY}/${PN} == app-emulation/qemu &&
+	-z ${__KVMHOOK_CHAINED} && ${PV%%.*} =~ ^[0-9]+$ ]] && (( 10#${PV%%.*} >= 2 )); then
+	# The interpreter 'kvmhook install-hook' wired (source's argument), and the entry point
+	# that the ebuild installs (python-exec picks the Python that kvmhook was built for).
+	__kvmhook_wired_python=${1-}
+	__kvmhook_entry=
+
 	__kvmhook_pre_pkg_pretend() {
-		[[ ${CATEGORY}/${PN} == app-emulation/qemu ]] || return 0
-		local major=${PV%%.*}
-		[[ ${major} =~ ^[0-9]+$ ]] && (( 10#${major} >= 2 )) || return 0
-
 		local mode=${KVMHOOK_MODE:-explain}
 		case ${mode} in
 			off) return 0 ;;
@@ -30,17 +35,20 @@ if [[ ${EBUILD_PHASE} == pretend && -z ${__KVMHOOK_CHAINED} ]]; then
 			done
 		fi
 
-		local python=${KVMHOOK_PYTHON:-python3}
-		if ! type -P "${python}" >/dev/null && [[ ! -x ${python} ]]; then
-			ewarn "kvmhook: ${python} not found; the qemu ebuild's own check still runs"
+		local python=${KVMHOOK_PYTHON:-${__kvmhook_wired_python}}
+		local -a cmd=("${python:-python3}" -I -m kvmhook)
+		[[ -z ${python} && -n ${__kvmhook_entry} ]] && cmd=("${__kvmhook_entry}")
+		if ! type -P "${cmd[0]}" >/dev/null && [[ ! -x ${cmd[0]} ]]; then
+			ewarn "kvmhook: ${cmd[0]} not found; the qemu ebuild's own check still runs"
 			return 0
 		fi
 
-		local -a args=(hook --mode "${mode}" --root "${EROOT%/}/")
+		local -a args=(hook --mode "${mode}" --root "${EROOT%/}/" --qemu-version "${PV}")
 		[[ -n ${targets// } ]] && args+=(--targets "${targets}")
 		local out status line
-		# -I: no PYTHONPATH, user site or current folder decides what root runs.
-		out=$("${python}" -I -m kvmhook "${args[@]}" 2>&1)
+		# No PYTHON* variable, user site or current folder decides what root runs.
+		out=$(unset "${!PYTHON@}"; export PYTHONNOUSERSITE=1 PYTHONSAFEPATH=1
+			"${cmd[@]}" "${args[@]}" 2>&1)
 		status=$?
 
 		while IFS= read -r line; do
@@ -65,6 +73,7 @@ if [[ ${EBUILD_PHASE} == pretend && -z ${__KVMHOOK_CHAINED} ]]; then
 	__KVMHOOK_CHAINED=1
 	if declare -F pre_pkg_pretend >/dev/null; then
 		# Keep a pre_pkg_pretend defined before this file: run it first, under another name.
+		# (One fork, in qemu's pretend phase only.)
 		__kvmhook_def=$(declare -f pre_pkg_pretend)
 		eval "__kvmhook_prev_pre_pkg_pretend${__kvmhook_def#pre_pkg_pretend}"
 		unset __kvmhook_def

@@ -76,26 +76,35 @@ def _prepare_portage(scratch: Path):
 class Playground:
     """app-emulation/qemu-1.5.3 installed, qemu-2.0.0 and dev-libs/foo-1 to merge."""
 
-    def __init__(self, scratch: Path, make_conf: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        scratch: Path,
+        make_conf: tuple[str, ...] = (),
+        ebuilds: dict | None = None,
+        installed: dict | None = None,
+        user_config: dict | None = None,
+    ):
         portage = _prepare_portage(scratch)
         from portage.tests.resolver.ResolverPlayground import ResolverPlayground
 
         self.portage = portage
-        ebuilds = {
-            "app-emulation/qemu-2.0.0": {
-                "EAPI": "8",
-                "IUSE": TARGETS_IUSE,
-                "MISC_CONTENT": QEMU_PRETEND,
-            },
-            "dev-libs/foo-1": {"EAPI": "8", "MISC_CONTENT": FOO_PRETEND},
-        }
-        installed = {
-            "app-emulation/qemu-1.5.3": {
-                "EAPI": "8",
-                "IUSE": TARGETS_IUSE,
-                "USE": "qemu_softmmu_targets_x86_64",
+        if ebuilds is None:
+            ebuilds = {
+                "app-emulation/qemu-2.0.0": {
+                    "EAPI": "8",
+                    "IUSE": TARGETS_IUSE,
+                    "MISC_CONTENT": QEMU_PRETEND,
+                },
+                "dev-libs/foo-1": {"EAPI": "8", "MISC_CONTENT": FOO_PRETEND},
             }
-        }
+        if installed is None:
+            installed = {
+                "app-emulation/qemu-1.5.3": {
+                    "EAPI": "8",
+                    "IUSE": TARGETS_IUSE,
+                    "USE": "qemu_softmmu_targets_x86_64",
+                }
+            }
         conf = (
             'BINPKG_FORMAT="xpak"',
             'FEATURES="-news"',
@@ -106,7 +115,7 @@ class Playground:
         self.pg = ResolverPlayground(
             ebuilds=ebuilds,
             installed=installed,
-            user_config={"make.conf": conf},
+            user_config={"make.conf": conf, **(user_config or {})},
             eprefix=str(scratch / "eprefix"),
         )
         self.eroot = Path(self.pg.eroot)

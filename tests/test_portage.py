@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -197,3 +198,21 @@ def test_names_cannot_add_lines_to_emerges_output(make_playground):
     assert "\x1b[2J" not in out and "\x1b[7mMARK" not in out
     assert not any(line.lstrip().startswith("* ERROR: spoofed") for line in out.splitlines())
     assert "odd\\x1b[2J\\n.xml" in out and "vm\\n * ERROR: spoofed line \\e[7mMARK" in out
+
+
+def test_a_venv_install_runs_although_portages_python3_has_no_kvmhook(make_playground):
+    """install-hook wires the interpreter of the installation it runs from (this venv); the
+    pretend phase's python3 (/usr/bin/python3, without kvmhook) plays no part."""
+    pg = make_playground()
+    files = stale(pg)
+    env = {k: v for k, v in pg.env.items() if k != "KVMHOOK_PYTHON"}
+    bare = subprocess.run(
+        ["python3", "-I", "-c", "import kvmhook"], env={"PATH": env["PATH"]}, capture_output=True
+    )
+    assert bare.returncode != 0, "this test needs a python3 on PATH without kvmhook"
+    pg.env = env
+    proc = pg.run(QEMU)
+    assert proc.returncode == 1, proc.stdout
+    assert "need attention" in proc.stdout and "could not run" not in proc.stdout
+    assert not pg.installed("app-emulation/qemu-2.0.0")
+    assert configs(pg) == files

@@ -60,6 +60,10 @@ def phase_env(recorder, **kw) -> dict[str, str]:
 
 
 CALL = f"source {SNIPPET}; pre_pkg_pretend; echo status=$?"
+# For other packages nothing is defined: a pre_pkg_pretend there is the user's own, or none.
+CALL_IF_DEFINED = (
+    f"source {SNIPPET}; declare -F pre_pkg_pretend >/dev/null && pre_pkg_pretend; echo status=$?"
+)
 
 
 @pytest.mark.parametrize("pv", ["2.0.0", "2.0.0_rc1", "10.1.0", "9999"])
@@ -67,7 +71,8 @@ def test_runs_kvmhook_for_qemu_2_and_later(recorder, pv):
     proc = bash(CALL, phase_env(recorder, PV=pv))
     assert "status=0" in proc.stdout, proc.stdout + proc.stderr
     assert recorder[1].read_text() == (
-        "-I -m kvmhook hook --mode explain --root /tmp/eroot/ --targets x86_64 aarch64\n"
+        f"-I -m kvmhook hook --mode explain --root /tmp/eroot/ --qemu-version {pv}"
+        " --targets x86_64 aarch64\n"
     )
 
 
@@ -82,16 +87,21 @@ def test_runs_kvmhook_for_qemu_2_and_later(recorder, pv):
     ],
 )
 def test_does_nothing_otherwise(recorder, env):
-    proc = bash(CALL, phase_env(recorder, **env))
-    assert "status=0" in proc.stdout and not recorder[1].exists()
-    assert proc.stdout == "status=0\n"
+    proc = bash(CALL_IF_DEFINED, phase_env(recorder, **env))
+    assert not recorder[1].exists()
+    nothing_defined = env != {"KVMHOOK_MODE": "off"}
+    assert proc.stdout == ("status=1\n" if nothing_defined else "status=0\n")
 
 
+USERS_OWN = "pre_pkg_pretend() { :; }; "
+
+
+@pytest.mark.parametrize("own", ["", USERS_OWN], ids=["alone", "after the user's own"])
 @pytest.mark.parametrize("env", [{"CATEGORY": "dev-libs", "PN": "foo", "PV": "1"}, {"PV": "1.5.3"}])
-def test_forks_nothing_for_other_packages(recorder, tmp_path, env):
+def test_forks_nothing_for_other_packages(recorder, tmp_path, env, own):
     trace = tmp_path / "trace"
-    proc = bash(CALL, phase_env(recorder, **env), trace=trace)
-    assert "status=0" in proc.stdout
+    proc = bash(own + CALL_IF_DEFINED, phase_env(recorder, **env), trace=trace)
+    assert "status=" in proc.stdout
     forks = [line for line in trace.read_text().splitlines() if "clone" in line or "fork" in line]
     assert forks == []
 
@@ -237,7 +247,9 @@ def test_install_hook_creates_bashrc_once(tmp_path):
         assert proc.returncode == 0
     bashrc = (root / "etc/portage/bashrc").read_text()
     snippet = run_module("hook-path", "--root", str(root)).stdout.strip()
-    assert bashrc == hook.source_line(snippet)
+    # a pip or venv install wires its own interpreter
+    assert bashrc == hook.source_line(snippet, sys.executable)
+    assert f"source {snippet} {sys.executable}; fi" in bashrc
     assert stat.S_IMODE(os.stat(root / "etc/portage/bashrc").st_mode) == 0o644
 
 
@@ -268,4 +280,5 @@ def test_hook_path_prefers_the_installed_snippet(tmp_path):
     system.write_bytes(SNIPPET.read_bytes())
     assert run_module("hook-path", "--root", str(root)).stdout == "/usr/share/kvmhook/kvmhook.sh\n"
     run_module("install-hook", "--root", str(root))
+    # the ebuild's snippet runs the installed kvmhook command: no interpreter is wired
     assert "source /usr/share/kvmhook/kvmhook.sh;" in (root / "etc/portage/bashrc").read_text()

@@ -426,11 +426,26 @@ def cmd_hook(args: argparse.Namespace) -> int:
 
 
 def cmd_install_hook(args: argparse.Namespace) -> int:
+    """Wire the snippet, then run it once as portage would: the exit status says whether
+    the hook is wired and kvmhook answers, not whether configs are stale."""
     from . import hook
 
     root = _root(args.root)
-    path, changed = hook.install(root)
+    try:
+        path, changed = hook.install(root)
+    except hook.HookError as err:
+        raise UsageError(f"install-hook: {err}") from None
     print(f"{'Wired' if changed else 'Already wired'}: {path} sources {hook.snippet_path(root)}")
+    answered, lines = hook.try_hook(root)
+    for line in lines:
+        print(f"  {report.clean(line)}")
+    if not answered:
+        print(
+            "kvmhook: the wired hook did not answer in a simulated qemu pretend phase (above)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    print("The hook answers: kvmhook ran in a simulated qemu pretend phase (nothing merged).")
     return EXIT_OK
 
 
