@@ -237,7 +237,8 @@ def cmd_fix(args: argparse.Namespace) -> int:
     first = [report.info(pending.line(root), colour)]
     extra = {"merge": pending.as_json()}
     with scan.Tree(root, args.session, warn_missing=True) as tree:
-        outcomes = scan.scan(tree, facts)
+        # a dry run shows verified edits; a real run verifies them under the lock
+        outcomes = scan.scan(tree, facts, verify=args.dry_run)
         scanned = tree.counts()
         first += _scanned_lines(root, scanned, colour)
         extra["scanned"] = [{"folder": f, "configs": n} for f, n in scanned]

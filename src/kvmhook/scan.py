@@ -60,9 +60,10 @@ def _not_here(finding: Finding, folder: Folder) -> Finding:
     return finding._replace(change=None, message=f"{finding.message}; not fixed: {folder.why}")
 
 
-def assess(config: Config, facts: rules.Facts) -> Outcome:
+def assess(config: Config, facts: rules.Facts, verify: bool = True) -> Outcome:
     """Findings and the new bytes, the edit verified by a second parser: check says
-    fixable exactly when fix would write it."""
+    fixable exactly when fix would write it. (verify=False only for fix's first look,
+    which decides whether to take the lock; it verifies under the lock.)"""
     findings = rules.evaluate(config, facts)
     folder = config.folder
     if folder is not None and not folder.writable:
@@ -73,7 +74,7 @@ def assess(config: Config, facts: rules.Facts) -> Outcome:
         from . import edit
 
         try:
-            new_data = edit.apply(config.data, changes, config.domain)
+            new_data = (edit.apply if verify else edit.splice)(config.data, changes, config.domain)
         except edit.EditError as err:
             findings = [
                 f._replace(change=None, message=f"{f.message}; not fixed automatically: {err}")
@@ -91,9 +92,9 @@ def assess(config: Config, facts: rules.Facts) -> Outcome:
     return outcome
 
 
-def _safely(config: Config, facts: rules.Facts) -> Outcome:
+def _safely(config: Config, facts: rules.Facts, verify: bool) -> Outcome:
     try:
-        return assess(config, facts)
+        return assess(config, facts, verify)
     except Exception as err:  # one bad file is one finding, never the end of the run
         why = f"kvmhook could not handle it ({type(err).__name__}: {err}); left as it is"
         tripped = bool(config.globbed and config.data and domains.mention_lines(config.data))
@@ -126,6 +127,6 @@ def _folder_outcome(problem: domains.FolderProblem) -> Outcome:
     return Outcome(Config(problem.path, "folder"), (finding,), None)
 
 
-def scan(tree: Tree, facts: rules.Facts) -> list[Outcome]:
+def scan(tree: Tree, facts: rules.Facts, verify: bool = True) -> list[Outcome]:
     outcomes = [_folder_outcome(p) for p in tree.problems]
-    return outcomes + [_safely(c, facts) for c in domains.discover(tree.folders)]
+    return outcomes + [_safely(c, facts, verify) for c in domains.discover(tree.folders)]
