@@ -14,6 +14,7 @@ import pytest
 from conftest import domain_xml, run_module
 
 from kvmhook import store
+from kvmhook.__main__ import main
 
 NEW = b"/usr/bin/qemu-system-x86_64"
 
@@ -245,3 +246,45 @@ def test_targets_accept_portage_spelling(root):
     assert root.run("check", "--targets", "x86_64 aarch64")[0] == 0
     assert root.run("check", "--targets", "x86_64,aarch64")[0] == 0
     assert root.run("check", "--targets", "x86_64")[0] == 1
+
+
+def test_nothing_scanned_is_never_an_all_clear(tmp_path, capsys):
+    from conftest import Root
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = main(["check", "--root", str(empty)])
+    out = capsys.readouterr().out
+    assert "Read no domain configs" in out
+    assert f"{empty}/etc/libvirt/qemu does not exist" in out and "[missing-folder]" in out
+    assert "No stale emulator references found." not in out and code == 0
+    # the common slip: the config folder given as --root
+    r = Root(tmp_path / "root", capsys)
+    r.add("vm.xml", domain_xml())
+    main(["check", "--root", str(r.qemu)])
+    out = capsys.readouterr().out
+    assert "--root takes the system's root folder (such as /), not the config folder" in out
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("", "--targets: empty"),
+        ("x8664", "did you mean x86_64?"),
+        ("qemu_softmmu_targets_x86_64", "did you mean x86_64?"),
+        ("aarch46", "did you mean aarch64?"),
+        ("X86-64", "not a QEMU softmmu target name"),
+    ],
+)
+def test_targets_take_only_qemu_target_names(root, value, said):
+    root.add("vm.xml", domain_xml())
+    code, _ = root.run("check", "--targets", value)
+    assert code == 2 and said in root.err and len(root.err.splitlines()) == 1
+
+
+def test_version(capsys):
+    from kvmhook import __version__
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out == f"kvmhook {__version__}\n"

@@ -181,3 +181,29 @@ def test_without_portage_it_falls_back_and_says_so(gentoo, tmp_path):
         text=True,
     )
     assert "is not a Gentoo system" in proc.stdout.splitlines()[0]
+
+
+def test_the_hook_never_asks_portage(gentoo):
+    pg = gentoo()
+    guest(pg, "old32", "i686")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\nclass NoPortage:\n    def find_spec(self, name, *a):\n"
+            "        if name == 'portage': raise AssertionError('portage imported')\n"
+            "sys.meta_path.insert(0, NoPortage())\n"
+            "from kvmhook.__main__ import main; sys.exit(main())",
+            "hook",
+            "--root",
+            str(pg.eroot),
+            "--qemu-version",
+            "10.1.0",
+            "--targets",
+            "x86_64",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "qemu-system-x86_64" in proc.stdout

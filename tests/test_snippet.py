@@ -178,18 +178,23 @@ def test_kvmhook_failing_to_run_warns_and_goes_on(tmp_path):
     assert "No module named kvmhook" in proc.stdout and "status=0" in proc.stdout
 
 
-def test_lines_reach_portage_functions_and_status_3_dies(tmp_path):
-    root = tmp_path / "root"
-    (root / "etc/libvirt/qemu").mkdir(parents=True)
-    (root / "etc/libvirt/qemu/vm.xml").write_bytes(domain_xml())
-    env = {
+def qemu_phase(root: Path, **extra: str) -> dict[str, str]:
+    """qemu 8.2's pretend phase on root, running this installation's kvmhook."""
+    return {
         "CATEGORY": "app-emulation",
         "PN": "qemu",
         "PV": "8.2.0",
         "EROOT": str(root),
         "KVMHOOK_PYTHON": sys.executable,
-        "QEMU_SOFTMMU_TARGETS": "x86_64",
+        **extra,
     }
+
+
+def test_lines_reach_portage_functions_and_status_3_dies(tmp_path):
+    root = tmp_path / "root"
+    (root / "etc/libvirt/qemu").mkdir(parents=True)
+    (root / "etc/libvirt/qemu/vm.xml").write_bytes(domain_xml())
+    env = qemu_phase(root, QEMU_SOFTMMU_TARGETS="x86_64")
     proc = bash(CALL, env)
     assert "eerror: kvmhook: 1 libvirt domain config(s)" in proc.stdout
     assert f"eerror: {root}/etc/libvirt/qemu/vm.xml (domain vm1):" in proc.stdout
@@ -208,16 +213,12 @@ def test_the_environment_cannot_choose_what_python_runs(tmp_path):
     (fake / "kvmhook/__main__.py").write_text("print('eerror PLANTED')\n")
     root = tmp_path / "root"
     (root / "etc/libvirt/qemu").mkdir(parents=True)
-    env = {
-        "CATEGORY": "app-emulation",
-        "PN": "qemu",
-        "PV": "8.2.0",
-        "EROOT": str(root),
-        "KVMHOOK_PYTHON": sys.executable,
-        "PYTHONPATH": str(fake),
-        "PYTHONUSERBASE": str(fake),
-        "PYTHONSTARTUP": str(fake / "kvmhook/__main__.py"),
-    }
+    env = qemu_phase(
+        root,
+        PYTHONPATH=str(fake),
+        PYTHONUSERBASE=str(fake),
+        PYTHONSTARTUP=str(fake / "kvmhook/__main__.py"),
+    )
     proc = subprocess.run(
         ["bash", "--norc", "--noprofile", "-c", PORTAGE_FUNCS + CALL],
         env={"PATH": os.environ["PATH"], "EBUILD_PHASE": "pretend", **env},
@@ -282,3 +283,38 @@ def test_hook_path_prefers_the_installed_snippet(tmp_path):
     run_module("install-hook", "--root", str(root))
     # the ebuild's snippet runs the installed kvmhook command: no interpreter is wired
     assert "source /usr/share/kvmhook/kvmhook.sh;" in (root / "etc/portage/bashrc").read_text()
+
+
+def test_install_hook_refuses_an_interpreter_that_cannot_run_kvmhook_isolated(tmp_path):
+    """kvmhook reachable only through PYTHONPATH: portage's isolated start would not find it."""
+    root = tmp_path / "root"
+    root.mkdir()
+    src = Path(hook.__file__).resolve().parents[1]
+    bare = shutil.which("python3", path="/usr/bin:/bin")
+    proc = subprocess.run(
+        [bare, "-m", "kvmhook", "install-hook", "--root", str(root)],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(src)},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "does not run as portage would start it" in proc.stderr
+    assert not (root / "etc/portage/bashrc").exists()
+
+
+def test_install_hook_refuses_code_that_others_can_change(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # anyone may replace what is in here
+    shutil.copytree(Path(hook.__file__).parent, shared / "kvmhook", symlinks=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvmhook", "install-hook", "--root", str(root)],
+        env={**os.environ, "PYTHONPATH": str(shared)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "can be written by its group or by others" in proc.stderr
+    assert not (root / "etc/portage/bashrc").exists()
