@@ -8,6 +8,7 @@ redirect what kvmhook reads, and a user's folder is never written by anyone else
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import stat
@@ -126,7 +127,7 @@ def open_folder(root: str, root_fd: int, rel: str, session: bool) -> Folder | Fo
     except OSError as err:
         severity = "warning" if session else "error"
         path = os.path.join(root, rel)
-        if err.errno in (20, 40):  # ENOTDIR, ELOOP
+        if err.errno in (errno.ENOTDIR, errno.ELOOP):
             return FolderProblem(
                 path,
                 "a component is a symbolic link or not a folder; kvmhook does not follow it",
@@ -145,31 +146,26 @@ def open_folder(root: str, root_fd: int, rel: str, session: bool) -> Folder | Fo
 
 
 def _homes(root_fd: int, euid: int) -> list[str]:
-    """ROOT/root and ROOT/home/*, as paths relative to ROOT; for a user, only their own."""
-    found = []
-    with_owner = []
-    try:
+    """ROOT/root, then ROOT/home/* sorted, as paths relative to ROOT (real folders only);
+    for a user, only their own."""
+    found: list[tuple[str, int]] = []
+    with contextlib.suppress(OSError):
         st = os.stat("root", dir_fd=root_fd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
-            with_owner.append(("root", st.st_uid))
-    except OSError:
-        pass
+            found.append(("root", st.st_uid))
     try:
         home_fd = os.open("home", _LIST, dir_fd=root_fd)
     except OSError:
         home_fd = -1
     if home_fd >= 0:
         try:
-            for entry in os.scandir(home_fd):
+            for entry in sorted(os.scandir(home_fd), key=lambda e: e.name):
                 st = entry.stat(follow_symlinks=False)
                 if stat.S_ISDIR(st.st_mode):
-                    with_owner.append((f"home/{entry.name}", st.st_uid))
+                    found.append((f"home/{entry.name}", st.st_uid))
         finally:
             os.close(home_fd)
-    for rel, owner in sorted(with_owner):
-        if euid == 0 or owner == euid:
-            found.append(rel)
-    return found
+    return [rel for rel, owner in found if euid == 0 or owner == euid]
 
 
 def _missing(root: str, rel: str) -> FolderProblem:
@@ -299,7 +295,7 @@ def reopen(pinned: int, name: str, dir_fd: int) -> int:
         after.st_mode
     ):
         os.close(fd)
-        raise OSError(16, "the file was swapped while it was opened")  # EBUSY
+        raise OSError(errno.EBUSY, "the file was swapped while it was opened")
     return fd
 
 
