@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections import namedtuple
 
-from . import rules
+from . import qemu
 
 QEMU = "app-emulation/qemu"
 TARGET_FLAG = "qemu_softmmu_targets_"
@@ -112,7 +112,7 @@ def facts(
 
 def unknown_target(name: str, known: frozenset[str] | None) -> str | None:
     """Why name is not a QEMU softmmu target (with the closest name), or None."""
-    valid = known or rules.QEMU_TARGETS
+    valid = known or qemu.QEMU_TARGETS
     if name in valid:
         return None
     import difflib

@@ -13,57 +13,11 @@ from collections.abc import Callable, Iterable, Iterator
 
 from .domains import Config, Domain, Emulator, mention_lines
 from .findings import Change, Finding
+from .qemu import ARCH_TO_TARGET, COMPATIBLE_TARGET
 
 WRAPPERS = frozenset({"qemu-kvm", "kvm"})
 BINARY_DIR = "/usr/bin"
 BINARY_PREFIX = "qemu-system-"
-
-# libvirt's names for QEMU targets where they differ from the arch name.
-ARCH_TO_TARGET = {
-    "i686": "i386",
-    "armv6l": "arm",
-    "armv7l": "arm",
-    "ppc64le": "ppc64",
-}
-# QEMU's softmmu targets, as QEMU_SOFTMMU_TARGETS names them (current ones and ones that
-# older releases had), for checking names when the pending ebuild's IUSE is not known.
-QEMU_TARGETS = frozenset(
-    [
-        "aarch64",
-        "alpha",
-        "arm",
-        "avr",
-        "cris",
-        "hppa",
-        "i386",
-        "loongarch64",
-        "m68k",
-        "microblaze",
-        "microblazeel",
-        "mips",
-        "mips64",
-        "mips64el",
-        "mipsel",
-        "nios2",
-        "or1k",
-        "ppc",
-        "ppc64",
-        "riscv32",
-        "riscv64",
-        "rx",
-        "s390x",
-        "sh4",
-        "sh4eb",
-        "sparc",
-        "sparc64",
-        "tricore",
-        "x86_64",
-        "xtensa",
-        "xtensaeb",
-    ]
-)
-# A binary that runs the guests of a target that will not be installed.
-COMPATIBLE_TARGET = {"i386": "x86_64", "arm": "aarch64", "ppc": "ppc64"}
 
 _SYSTEM_BINARY = re.compile(r"^/usr/bin/qemu-system-([A-Za-z0-9_]+)$")
 
