@@ -4,6 +4,8 @@
 # package.
 # Settings (make.conf, /etc/portage/env or the environment):
 #   KVMHOOK_MODE=explain|fix|warn|off   (default explain)
+#   KVMHOOK_MACHINES=stop|warn|update   machine types the merge removes (default stop;
+#                                       update moves them, with KVMHOOK_MODE=fix)
 #   KVMHOOK_PYTHON=/path/to/python      (default: what install-hook wired, else the
 #                                        installed kvmhook command, else python3)
 
@@ -43,8 +45,21 @@ if [[ ${EBUILD_PHASE} == pretend && ${CATEGORY}/${PN} == app-emulation/qemu &&
 			return 0
 		fi
 
-		local -a args=(hook --mode "${mode}" --root "${EROOT%/}/" --qemu-version "${PV}")
+		local machines=${KVMHOOK_MACHINES:-stop}
+		case ${machines} in
+			stop|warn|update) ;;
+			*)
+				ewarn "kvmhook: unknown KVMHOOK_MACHINES='${machines}', using stop"
+				machines=stop
+				;;
+		esac
+
+		local -a args=(hook --mode "${mode}" --machines "${machines}" --root "${EROOT%/}/"
+			--qemu-version "${PV}")
 		[[ -n ${targets// } ]] && args+=(--targets "${targets}")
+		# The version this merge replaces (the last one named; there is usually one).
+		local replaced=${REPLACING_VERSIONS##* }
+		[[ -n ${replaced} ]] && args+=(--installed-version "${replaced}")
 		local out status line
 		# No PYTHON* variable, user site or current folder decides what root runs.
 		out=$(unset "${!PYTHON@}"; export PYTHONNOUSERSITE=1 PYTHONSAFEPATH=1

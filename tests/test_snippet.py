@@ -71,7 +71,7 @@ def test_runs_kvmhook_for_qemu_2_and_later(recorder, pv):
     proc = bash(CALL, phase_env(recorder, PV=pv))
     assert "status=0" in proc.stdout, proc.stdout + proc.stderr
     assert recorder[1].read_text() == (
-        f"-I -m kvmhook hook --mode explain --root /tmp/eroot/ --qemu-version {pv}"
+        f"-I -m kvmhook hook --mode explain --machines stop --root /tmp/eroot/ --qemu-version {pv}"
         " --targets x86_64 aarch64\n"
     )
 
@@ -150,6 +150,15 @@ def test_mode_and_unknown_mode(recorder):
     proc = bash(CALL, phase_env(recorder, KVMHOOK_MODE="fixx"))
     assert "unknown KVMHOOK_MODE='fixx'" in proc.stdout
     assert recorder[1].read_text().splitlines()[-1].startswith("-I -m kvmhook hook --mode explain")
+
+
+def test_machines_setting_and_the_replaced_version_are_passed(recorder):
+    bash(CALL, phase_env(recorder, KVMHOOK_MACHINES="update", REPLACING_VERSIONS="10.0.0"))
+    call = recorder[1].read_text().splitlines()[-1]
+    assert "--machines update" in call and "--installed-version 10.0.0" in call
+    proc = bash(CALL, phase_env(recorder, KVMHOOK_MACHINES="upgrade"))
+    assert "unknown KVMHOOK_MACHINES='upgrade'" in proc.stdout
+    assert "--machines stop" in recorder[1].read_text().splitlines()[-1]
 
 
 def test_missing_python_warns_and_goes_on(recorder):

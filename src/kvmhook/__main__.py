@@ -36,8 +36,12 @@ def _merge(args: argparse.Namespace, root: str) -> merge.Merge:
     """The pending merge: options first, then portage (never from the hook, whose
     options come from portage's own environment)."""
     version = args.qemu_version
-    if version is not None and not re.fullmatch(r"[0-9][0-9A-Za-z._]*", version):
-        raise UsageError(f"--qemu-version: {version!r} is not a version such as 10.1.0")
+    for option, value in (
+        ("--qemu-version", version),
+        ("--installed-version", args.installed_version),
+    ):
+        if value is not None and not re.fullmatch(r"[0-9][0-9A-Za-z._]*", value):
+            raise UsageError(f"{option}: {value!r} is not a version such as 10.1.0")
     targets = _targets(args.targets)
     hook = args.func is cmd_hook
     found = merge.facts(root, targets, version, ask_portage=not hook)
@@ -58,6 +62,14 @@ def _root(value: str) -> str:
 def _facts(
     args: argparse.Namespace, root: str, link: libvirt.Link, pending: merge.Merge
 ) -> rules.Facts:
+    from . import qemu
+    from .domains import saved_states
+
+    release = qemu.parse_version(pending.pending) if pending.pending else None
+    now = [qemu.parse_version(v) for v in pending.installed]
+    if args.installed_version:
+        now = [qemu.parse_version(args.installed_version)]
+    now = [v for v in now if v is not None]
     return rules.Facts(
         host_arch=os.uname().machine,
         installed=rules.installed_targets(root),
@@ -66,6 +78,10 @@ def _facts(
         held=link.held(),
         daemon=link.uri,
         daemon_folder=link.folder,
+        pending=release,
+        qemu_now=max(now) if now else None,
+        saved=saved_states(root) if release is not None else None,
+        update_machines=getattr(args, "machines", None) in (True, "update"),
     )
 
 
@@ -394,6 +410,8 @@ def cmd_hook(args: argparse.Namespace) -> int:
 
     root = _root(args.root)
     link = _link(args, root)
+    if args.mode != "fix" and args.machines == "update":
+        args.machines = "stop"  # machine types change only in fix mode
     facts = _facts(args, root, link, _merge(args, root))
     commands = (_fix_command(args, root), _undo_command(root))
     lines: list[str] = []
@@ -419,6 +437,11 @@ def cmd_hook(args: argparse.Namespace) -> int:
                 lines.append(f"elog kvmhook: {link.note}")
     link.close()
     findings = _not_updated(synced, _findings(outcomes))
+    if args.machines == "warn":  # KVMHOOK_MACHINES=warn: the user accepts it
+        findings = [
+            f._replace(severity="warning") if f.kind in ("removed-machine", "saved-state") else f
+            for f in findings
+        ]
     stop = has_errors(findings) and args.mode != "warn"
     lines += report.portage_findings(findings, commands, stop, args.mode)
     if lines:
@@ -508,6 +531,11 @@ def build_parser() -> argparse.ArgumentParser:
                 help="the app-emulation/qemu version about to be merged (default: from portage)",
             )
             p.add_argument(
+                "--installed-version",
+                metavar="V",
+                help="the app-emulation/qemu version installed now (default: from portage)",
+            )
+            p.add_argument(
                 "--session", action="store_true", help="also the users' session config folders"
             )
 
@@ -523,6 +551,12 @@ def build_parser() -> argparse.ArgumentParser:
     fix.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
     fix.add_argument(
         "--keep-type", action="store_true", help="keep type='qemu' domains on TCG emulation"
+    )
+    fix.add_argument(
+        "--machines",
+        action="store_true",
+        help="also move domains off machine types the pending qemu removes (the guest sees"
+        " new hardware)",
     )
     fix.set_defaults(func=cmd_fix)
     undo = sub.add_parser(
@@ -540,6 +574,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(run_hook, True)
     run_hook.add_argument("--mode", choices=("explain", "fix", "warn"), default="explain")
+    run_hook.add_argument(
+        "--machines",
+        choices=("stop", "warn", "update"),
+        default="stop",
+        help="machine types the merge removes: stop the merge (default), warn, or (with"
+        " --mode fix) update them",
+    )
     run_hook.set_defaults(func=cmd_hook, keep_type=False)
     for name, func, text in (
         ("install-hook", cmd_install_hook, "source the snippet from ROOT/etc/portage/bashrc"),

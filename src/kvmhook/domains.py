@@ -229,11 +229,18 @@ class Emulator(namedtuple("Emulator", "index text line span")):
     __slots__ = ()
 
 
-class Domain(namedtuple("Domain", "name uuid type arch emulators line type_span editable")):
+class Domain(
+    namedtuple(
+        "Domain",
+        "name uuid type arch emulators line type_span editable machine machine_span",
+        defaults=(None, None),
+    )
+):
     """What the rules need of a parsed domain config.
 
-    type_span is the byte span of <domain type>'s value; editable is None, or why kvmhook
-    does not edit this file's bytes (a DOCTYPE, an encoding that is not ASCII-compatible).
+    type_span is the byte span of <domain type>'s value, machine_span that of <os><type
+    machine>'s; editable is None, or why kvmhook does not edit this file's bytes (a
+    DOCTYPE, an encoding that is not ASCII-compatible).
     """
 
     __slots__ = ()
@@ -384,6 +391,71 @@ def _crash(err: Exception) -> str:
     return f"kvmhook could not handle it ({type(err).__name__}: {err})"
 
 
+SAVE_FOLDER = "var/lib/libvirt/qemu/save"
+SNAPSHOT_FOLDER = "var/lib/libvirt/qemu/snapshot"
+_MEMORY = re.compile(rb"<memory\s[^>]*snapshot\s*=\s*['\"](internal|external)['\"]")
+_RUNNING = re.compile(rb"<state>\s*(running|paused|pmsuspended)\s*</state>")
+
+
+def saved_states(root: str) -> dict[str, tuple[str, ...]]:
+    """Domain name -> the saved states QEMU would have to restore: managed-save images
+    (SAVE_FOLDER/NAME.save) and snapshots with memory (SNAPSHOT_FOLDER/NAME/*.xml)."""
+    found: dict[str, list[str]] = {}
+    euid = os.geteuid()
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    try:
+        with contextlib.suppress(OSError):
+            fd, _, _ = walk(root_fd, SAVE_FOLDER, euid)
+            try:
+                for entry in os.scandir(fd):
+                    if entry.name.endswith(".save") and entry.is_file(follow_symlinks=False):
+                        path = os.path.join(root, SAVE_FOLDER, entry.name)
+                        found.setdefault(entry.name[: -len(".save")], []).append(path)
+            finally:
+                os.close(fd)
+        with contextlib.suppress(OSError):
+            fd, _, _ = walk(root_fd, SNAPSHOT_FOLDER, euid)
+            try:
+                names = [e.name for e in os.scandir(fd) if e.is_dir(follow_symlinks=False)]
+                for name in sorted(names):
+                    for path in _memory_snapshots(root, fd, name):
+                        found.setdefault(name, []).append(path)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(root_fd)
+    return {name: tuple(paths) for name, paths in found.items()}
+
+
+def _memory_snapshots(root: str, parent: int, name: str) -> list[str]:
+    found = []
+    try:
+        folder = os.open(name, _LIST, dir_fd=parent)
+    except OSError:
+        return []
+    try:
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if not entry.name.endswith(".xml") or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                fd = os.open(entry.name, _READ | os.O_NOFOLLOW, dir_fd=folder)
+            except OSError:
+                continue
+            try:
+                data = read_all(fd, 65536, 1 << 20)[: 1 << 20]
+            finally:
+                os.close(fd)
+            # memory saved with the snapshot, or (older libvirt) taken of a running guest
+            if _MEMORY.search(data) or (b"<memory" not in data and _RUNNING.search(data)):
+                found.append(os.path.join(root, SNAPSHOT_FOLDER, name, entry.name))
+    finally:
+        os.close(folder)
+    return found
+
+
 NEEDLE = b"/usr/bin/qemu-kvm"
 
 
@@ -454,6 +526,8 @@ class _Reader:
         self.fields: dict[str, list[str]] = {"name": [], "uuid": []}
         self.field: list[str] | None = None  # the chunks of the field being read
         self.arch: str | None = None
+        self.machine: str | None = None
+        self.os_type: int | None = None  # where <os><type> starts
         self.emulators: list[Emulator] = []
         self.current: dict | None = None  # the emulator being read
         self.has_doctype = False
@@ -477,8 +551,10 @@ class _Reader:
                 self.field = self.fields[name]
                 parser.CharacterDataHandler = self.text
         elif self.names[1] == "os" and name == "type":
-            if self.arch is None:
+            if self.os_type is None:
+                self.os_type = parser.CurrentByteIndex
                 self.arch = attrs.get("arch")
+                self.machine = attrs.get("machine")
         elif self.names[1] == "devices" and name == "emulator":
             self.current = {
                 "chunks": [],
@@ -538,10 +614,13 @@ class _Reader:
 
     def type_span(self) -> tuple[int, int] | None:
         """The byte span of the value of <domain type>, from the root's start tag."""
-        offset = self.root[3]
-        pos = offset + len(b"<domain")
+        return self.attribute_span(self.root[3] + len(b"<domain"), b"type")
+
+    def attribute_span(self, pos: int, name: bytes) -> tuple[int, int] | None:
+        """The byte span of attribute name's value in the start tag whose attributes
+        begin at pos."""
         while match := _ATTRIBUTE.match(self.data, pos):
-            if match.group(1) == b"type":
+            if match.group(1) == name:
                 group = 2 if match.group(2) is not None else 3
                 return match.span(group)
             pos = match.end()
@@ -600,6 +679,10 @@ def _read(reader: _Reader, data: bytes) -> tuple[Domain | None, str | None, str 
         line=line,
         type_span=reader.type_span() if "type" in attrs else None,
         editable=next((p for p in problems if p), None),
+        machine=reader.machine,
+        machine_span=reader.attribute_span(reader.os_type + len(b"<type"), b"machine")
+        if reader.machine is not None
+        else None,
     )
     return domain, None, None
 

@@ -53,6 +53,8 @@ def splice(data: bytes, changes: Sequence[Change], domain: Domain) -> bytes:
         if change.what == "emulator":
             span = domain.emulators[change.index].span
             expected = change.old.strip(_XML_SPACE)
+        elif change.what == "machine":
+            span, expected = domain.machine_span, change.old
         else:
             span, expected = domain.type_span, change.old
         if span is None or data[span[0] : span[1]] != _escape(expected):
@@ -94,6 +96,8 @@ def verify(old: bytes, new: bytes, changes: Sequence[Change]) -> None:
             element = expected.findall("devices/emulator")[change.index]
             text = element.text or ""
             element.text = text.replace(text.strip(_XML_SPACE), change.new, 1)
+        elif change.what == "machine":
+            expected.find("os/type").set("machine", change.new)
         else:
             expected.set("type", change.new)
     try:

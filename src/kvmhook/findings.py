@@ -9,7 +9,8 @@ class Change(namedtuple("Change", "what index old new")):
     """One value a fix rewrites.
 
     what is "emulator" (the index-th <devices><emulator> text), "type" (<domain type>),
-    or "daemon" (the definition a libvirt daemon holds, brought in line with the file).
+    "machine" (<os><type machine>), or "daemon" (the definition a libvirt daemon holds,
+    brought in line with the file).
     """
 
     __slots__ = ()

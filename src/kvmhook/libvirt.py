@@ -22,7 +22,7 @@ class DaemonError(Exception):
     """The daemon refused or failed; the text is libvirt's reason."""
 
 
-class Held(namedtuple("Held", "name uuid active type emulators")):
+class Held(namedtuple("Held", "name uuid active type emulators machine", defaults=(None,))):
     """What the daemon holds of one domain: its inactive (persistent) definition."""
 
     __slots__ = ()
@@ -40,6 +40,7 @@ def held_from_xml(xml: str, active: bool) -> Held:
         active=active,
         type=domain.type,
         emulators=tuple(e.text.strip() for e in domain.emulators),
+        machine=domain.machine,
     )
 
 
@@ -288,6 +289,15 @@ def reload(uri: str) -> bool:
     return True
 
 
+def _same(held: Held, want: Held) -> bool:
+    """Whether the daemon holds want's emulators, type and machine type; an alias such as
+    'pc' is expanded by libvirt, so only a versioned machine type is compared."""
+    from .qemu import family
+
+    machine_ok = want.machine is None or not family(want.machine) or held.machine == want.machine
+    return machine_ok and (held.emulators, held.type) == (want.emulators, want.type)
+
+
 def wait_for(conn, uuid: str, want: Held) -> bool:
     """Whether the daemon comes to hold want's emulators and type (a reload takes a moment)."""
     deadline = time.monotonic() + RELOAD_WAIT
@@ -296,7 +306,7 @@ def wait_for(conn, uuid: str, want: Held) -> bool:
             held = conn.held(uuid)
         except DaemonError:
             held = None
-        if held is not None and (held.emulators, held.type) == (want.emulators, want.type):
+        if held is not None and _same(held, want):
             return True
         if time.monotonic() > deadline:
             return False

@@ -11,6 +11,7 @@ import re
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator
 
+from . import qemu
 from .domains import Config, Domain, Emulator, mention_lines
 from .findings import Change, Finding
 from .qemu import ARCH_TO_TARGET, COMPATIBLE_TARGET
@@ -25,8 +26,9 @@ _SYSTEM_BINARY = re.compile(r"^/usr/bin/qemu-system-([A-Za-z0-9_]+)$")
 class Facts(
     namedtuple(
         "Facts",
-        "host_arch installed targets keep_type held daemon daemon_folder",
-        defaults=(None, False, None, None, None),
+        "host_arch installed targets keep_type held daemon daemon_folder"
+        " pending qemu_now saved update_machines",
+        defaults=(None, False, None, None, None, None, None, None, False),
     )
 ):
     """What the pending merge (or the host) provides.
@@ -34,7 +36,10 @@ class Facts(
     installed: the qemu-system-* targets present under ROOT; targets: the
     QEMU_SOFTMMU_TARGETS the merge installs, or None when unknown (then installed
     decides); held: what a reached libvirt daemon (URI daemon) holds, by UUID, or None;
-    daemon_folder: the (device, inode) of the folder that daemon loads its configs from.
+    daemon_folder: the (device, inode) of the folder that daemon loads its configs from;
+    pending, qemu_now: the QEMU releases (major, minor) about to be merged and installed
+    now, or None; saved: domain name -> its saved states (paths); update_machines: fix
+    moves domains off machine types the merge removes (fix --machines).
     """
 
     __slots__ = ()
@@ -265,13 +270,9 @@ def kvm_dropped(config: Config, facts: Facts) -> Iterator[Finding]:
 @check
 def daemon_differs(config: Config, facts: Facts) -> Iterator[Finding]:
     domain = config.domain
-    if facts.held is None or domain is None or not domain.uuid:
-        return
     # Name and UUID are copied easily: only a file in the daemon's own folder is its domain.
-    if config.folder is None or config.folder.identity != facts.daemon_folder:
-        return
-    held = facts.held.get(domain.uuid.lower())
-    if held is None or held.name != domain.name:
+    held = _held(config, facts)
+    if held is None:
         return
     in_file = tuple(e.text.strip() for e in domain.emulators)
     if (held.emulators, held.type) == (in_file, domain.type):
@@ -301,6 +302,135 @@ def daemon_differs(config: Config, facts: Facts) -> Iterator[Finding]:
         message=message,
         change=change,
     )
+
+
+def _held(config: Config, facts: Facts):
+    """What the daemon holds of this config's domain: only for a file in its own folder."""
+    domain = config.domain
+    if facts.held is None or domain is None or not domain.uuid or config.folder is None:
+        return None
+    if config.folder.identity != facts.daemon_folder:
+        return None
+    held = facts.held.get(domain.uuid.lower())
+    return held if held is not None and held.name == domain.name else None
+
+
+_NEW_HARDWARE = (
+    "the guest then sees the hardware of that version (Windows may re-detect devices or ask"
+    " to be activated again)"
+)
+
+
+def _upstream(prefix: str, facts: Facts) -> str | None:
+    """The newest type of the family that the installed and the pending QEMU both have."""
+    releases = [r for r in (facts.qemu_now, facts.pending) if r is not None]
+    return qemu.newest_common(prefix, *releases) if releases else None
+
+
+@check
+def machine_type(config: Config, facts: Facts) -> Iterator[Finding]:
+    domain = config.domain
+    if domain is None or not domain.machine or facts.pending is None:
+        return
+    machine, pending = domain.machine, facts.pending
+    verdict = qemu.verdict(machine, pending)
+    line = domain.line
+    show = qemu.show
+    if verdict.status == "removed":
+        prefix = qemu.family(machine)[0]
+        proposed = _upstream(prefix, facts)
+        held = _held(config, facts)
+        why = (
+            f"QEMU {show(pending)} no longer has machine type {machine} (QEMU"
+            f" {show(verdict.release)} removed it): libvirt will not start this domain after"
+            " the merge, and saved state cannot be restored"
+        )
+        if held is not None and held.active:
+            why += "; it is running now and keeps running until its next cold start"
+        saved = (facts.saved or {}).get(domain.name or "", ())
+        change = None
+        if proposed is None:
+            why += (
+                "; no type of this family is in both the installed and the pending QEMU: merge,"
+                " then run 'kvmhook fix --machines' before the guest's next start"
+            )
+        elif not facts.update_machines:
+            why += f"; 'kvmhook fix --machines' moves it to {proposed}: {_NEW_HARDWARE}"
+        elif held is not None and held.active:
+            why += f"; not moved to {proposed} while it runs: shut it down, then fix again"
+        elif saved:
+            why += (
+                f"; not moved to {proposed} while it has saved state: resume it and shut it"
+                " down cleanly, then fix again"
+            )
+        else:
+            why += f"; the fix moves it to {proposed}: {_NEW_HARDWARE}"
+            change = Change("machine", 0, machine, proposed)
+        yield _finding(
+            config,
+            line,
+            kind="removed-machine",
+            severity="error",
+            current=machine,
+            proposed=proposed,
+            message=why,
+            change=change,
+        )
+    elif verdict.status == "deprecated":
+        due = f", and goes in QEMU {show(verdict.release)}" if verdict.release else ""
+        proposed = _upstream(qemu.family(machine)[0], facts)
+        move = f"; {proposed} is the newest type both QEMUs have" if proposed else ""
+        yield _finding(
+            config,
+            line,
+            kind="deprecated-machine",
+            severity="warning",
+            current=machine,
+            proposed=proposed,
+            message=f"QEMU {show(pending)} marks machine type {machine} deprecated{due}{move}",
+        )
+    elif verdict.status == "foreign":
+        proposed = _upstream(qemu.foreign_family(machine), facts)
+        yield _finding(
+            config,
+            line,
+            kind="foreign-machine",
+            severity="warning",
+            current=machine,
+            proposed=proposed,
+            message=f"{machine} is not an upstream QEMU machine type (a distribution's, from an"
+            " imported domain?): Gentoo's QEMU may not start it"
+            + (f"; the upstream type of its family is {proposed}" if proposed else ""),
+        )
+
+
+@check
+def saved_state(config: Config, facts: Facts) -> Iterator[Finding]:
+    domain = config.domain
+    if domain is None or facts.pending is None or not facts.saved:
+        return
+    paths = facts.saved.get(domain.name or "", ())
+    if not paths:
+        return
+    gone = bool(domain.machine) and qemu.verdict(domain.machine, facts.pending).status == "removed"
+    for path in paths:
+        what = "a managed-save image" if path.endswith(".save") else "a snapshot with memory"
+        why = (
+            f"machine type {domain.machine} is not in QEMU {qemu.show(facts.pending)}, which"
+            " cannot restore it"
+            if gone
+            else f"QEMU {qemu.show(facts.pending)} may not restore state saved by another version"
+        )
+        yield _finding(
+            config,
+            None,
+            kind="saved-state",
+            severity="error" if gone else "warning",
+            current=path,
+            proposed=None,
+            message=f"{what} ({path}): {why}; before the merge, resume the guest (virsh start"
+            f" {domain.name}) and shut it down cleanly",
+        )
 
 
 def leftover_mentions(config: Config, data_after_fix: bytes | None) -> list[Finding]:
