@@ -258,3 +258,36 @@ def test_name_and_uuid_do_not_make_a_file_the_daemons(daemon_root):
     assert proc.returncode == 0 and doc["synced"] == []
     assert "/dev/sda" not in d.inactive_xml("vm1")
     assert "/usr/bin/qemu-kvm" in d.inactive_xml("vm1")
+
+
+# Machine types: the qemu here is Debian's 7.2, which has pc-q35-4.1 and pc-q35-7.2.
+MACHINES = ("--qemu-version", "10.1.0", "--installed-version", "7.2.0", "--targets", "x86_64")
+
+
+def on_q35_41() -> bytes:
+    return bootable(emulator=NEW).replace(b"machine='pc'", b"machine='pc-q35-4.1'")
+
+
+def test_fix_machines_with_the_daemon_refuses_a_running_guest_then_moves_it(daemon_root):
+    d = start_with(daemon_root, {"vm1.xml": on_q35_41()})
+    d.virsh("start", "vm1")
+    code, doc = daemon_root.json("check", "--connect", d.uri, *MACHINES)
+    (f,) = [f for f in doc["findings"] if f["kind"] == "removed-machine"]
+    assert code == 1 and "running now" in f["message"] and f["proposed"] == "pc-q35-7.2"
+    code, doc = daemon_root.json("fix", "--machines", "--connect", d.uri, *MACHINES)
+    (f,) = [f for f in doc["findings"] if f["kind"] == "removed-machine"]
+    assert code == 1 and not f["fixable"] and "shut it down" in f["message"]
+    assert (daemon_root.qemu / "vm1.xml").read_bytes() == on_q35_41()
+    d.virsh("destroy", "vm1")
+    code, doc = daemon_root.json("fix", "--machines", "--connect", d.uri, *MACHINES)
+    assert code == 0, doc
+    (synced,) = doc["synced"]
+    assert synced["how"] == "defined" and synced["verified"]
+    assert "machine='pc-q35-7.2'" in d.inactive_xml("vm1")
+    assert b"machine='pc-q35-7.2'" in (daemon_root.qemu / "vm1.xml").read_bytes()
+    d.virsh("start", "vm1")  # the running daemon's qemu takes the new type
+    d.virsh("destroy", "vm1")
+    code, doc = daemon_root.json("undo", "--connect", d.uri)
+    assert code == 0, doc
+    assert "machine='pc-q35-4.1'" in d.inactive_xml("vm1")
+    assert b"machine='pc-q35-4.1'" in (daemon_root.qemu / "vm1.xml").read_bytes()

@@ -11,7 +11,7 @@ from conftest import domain_xml
 
 pytest.importorskip("portage", reason="portage is a test dependency: pip install -e '.[test]'")
 
-from playground import Playground, scratch_dir  # noqa: E402
+from playground import QEMU_PRETEND, Playground, scratch_dir  # noqa: E402
 
 QEMU = "=app-emulation/qemu-2.0.0"
 EBUILD_DIES = "update your virt configs to not use qemu-kvm"
@@ -216,3 +216,55 @@ def test_a_venv_install_runs_although_portages_python3_has_no_kvmhook(make_playg
     assert "need attention" in proc.stdout and "could not run" not in proc.stdout
     assert not pg.installed("app-emulation/qemu-2.0.0")
     assert configs(pg) == files
+
+
+@pytest.fixture
+def upgrade_to_10_1():
+    """qemu-10.1.0 to merge over an installed 10.0.0, with one guest on pc-q35-4.1."""
+    scratch = scratch_dir()
+    iuse = "qemu_softmmu_targets_x86_64 qemu_softmmu_targets_aarch64"
+    pg = Playground(
+        scratch,
+        ('QEMU_SOFTMMU_TARGETS="x86_64"',),
+        ebuilds={
+            "app-emulation/qemu-10.1.0": {"EAPI": "8", "IUSE": iuse, "MISC_CONTENT": QEMU_PRETEND}
+        },
+        installed={"app-emulation/qemu-10.0.0": {"EAPI": "8", "IUSE": iuse}},
+    )
+    pg.wire_hook()
+    guest = pg.qemu_configs / "old.xml"
+    guest.write_bytes(
+        domain_xml("old", emulator=NEW.decode()).replace(b"machine='pc'", b"machine='pc-q35-4.1'")
+    )
+    guest.chmod(0o600)
+    yield pg, guest
+    pg.cleanup()
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def test_explain_stops_a_merge_that_removes_a_guests_machine_type(upgrade_to_10_1):
+    pg, guest = upgrade_to_10_1
+    before = guest.read_bytes()
+    proc = pg.run("=app-emulation/qemu-10.1.0")
+    assert proc.returncode == 1, proc.stdout
+    assert "old.xml (domain old)" in proc.stdout and "removed-machine" in proc.stdout
+    assert "pc-q35-4.1 -> pc-q35-10.0" in proc.stdout
+    assert not pg.installed("app-emulation/qemu-10.1.0") and guest.read_bytes() == before
+
+
+def test_machines_warn_merges_and_warns(upgrade_to_10_1):
+    pg, guest = upgrade_to_10_1
+    proc = pg.run("=app-emulation/qemu-10.1.0", KVMHOOK_MACHINES="warn")
+    assert proc.returncode == 0, proc.stdout
+    assert pg.installed("app-emulation/qemu-10.1.0")
+    assert "removed-machine" in pg.elog_summary() and b"pc-q35-4.1" in guest.read_bytes()
+
+
+def test_fix_with_machines_update_moves_the_guest_and_merges(upgrade_to_10_1):
+    pg, guest = upgrade_to_10_1
+    before = guest.read_bytes()
+    proc = pg.run("=app-emulation/qemu-10.1.0", KVMHOOK_MODE="fix", KVMHOOK_MACHINES="update")
+    assert proc.returncode == 0, proc.stdout
+    assert pg.installed("app-emulation/qemu-10.1.0")
+    assert guest.read_bytes() == before.replace(b"pc-q35-4.1", b"pc-q35-10.0")
+    assert "pc-q35-4.1 -> pc-q35-10.0" in pg.elog_summary()

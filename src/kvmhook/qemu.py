@@ -125,7 +125,8 @@ def parse_version(text: str) -> Version | None:
     match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
     if not match:
         return None
-    version = (int(match.group(1)), int(match.group(2)))
+    # QEMU makes three releases a year, N.0 to N.2: a larger minor (9.9999) is N's last
+    version = (int(match.group(1)), min(int(match.group(2)), 2))
     micro = int(match.group(3) or 0)
     return next_release(version) if micro >= 50 else version
 

@@ -131,7 +131,7 @@ def portage_findings(
     groups = _grouped(findings)
     lines = [
         f"{level} kvmhook: {len(groups)} libvirt domain config(s) need attention"
-        " before qemu without the qemu-kvm wrapper is merged:"
+        " before this qemu merge:"
     ]
     for file, group in groups.items():
         domain = next((f.domain for f in group if f.domain), None)

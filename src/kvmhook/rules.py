@@ -322,9 +322,12 @@ _NEW_HARDWARE = (
 
 
 def _upstream(prefix: str, facts: Facts) -> str | None:
-    """The newest type of the family that the installed and the pending QEMU both have."""
-    releases = [r for r in (facts.qemu_now, facts.pending) if r is not None]
-    return qemu.newest_common(prefix, *releases) if releases else None
+    """The newest type of the family that the installed and the pending QEMU both have:
+    the running daemon accepts it now, and the guest starts after the merge. None when
+    either release is unknown."""
+    if facts.qemu_now is None or facts.pending is None:
+        return None
+    return qemu.newest_common(prefix, facts.qemu_now, facts.pending)
 
 
 @check
