@@ -140,3 +140,31 @@ def test_saved_state_is_read_without_following_links(root, tmp_path):
     os.symlink(elsewhere, root.path / "var/lib/libvirt/qemu/save")
     _, doc = root.json("check", *RELEASES)
     assert machine_findings(doc) == []
+
+
+@pytest.mark.parametrize("mode", ["explain", "fix", "warn"])
+def test_the_hook_warns_of_a_deprecated_type_in_every_mode_and_goes_on(root, mode):
+    root.add("vm1.xml", on("pc-q35-4.2"))
+    code, out = root.run("hook", "--mode", mode, *RELEASES)
+    assert code == 0
+    assert any(
+        line.startswith("ewarn") and "deprecated-machine" in line for line in out.splitlines()
+    )
+
+
+@pytest.mark.parametrize(("machines", "code"), [("stop", 3), ("warn", 0)])
+def test_the_hook_stops_for_a_removed_type_unless_told_to_warn(root, machines, code):
+    vm = root.add("vm1.xml", on("pc-q35-4.1"))
+    got, out = root.run("hook", "--machines", machines, *RELEASES)
+    assert got == code and "removed-machine" in out
+    level = "eerror" if code else "ewarn"
+    assert any(line.startswith(level) and "removed-machine" in line for line in out.splitlines())
+    assert vm.read_bytes() == on("pc-q35-4.1")
+
+
+def test_update_moves_types_only_in_the_hooks_fix_mode(root):
+    vm = root.add("vm1.xml", on("pc-q35-4.1"))
+    assert root.run("hook", "--machines", "update", *RELEASES)[0] == 3  # explain: no change
+    assert vm.read_bytes() == on("pc-q35-4.1")
+    code, out = root.run("hook", "--mode", "fix", "--machines", "update", *RELEASES)
+    assert code == 0 and vm.read_bytes() == on("pc-q35-10.0")
