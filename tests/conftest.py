@@ -155,3 +155,31 @@ def run_module(*args: str, timeout: float = 60, env=None) -> subprocess.Complete
 @pytest.fixture
 def root(tmp_path: Path, capsys) -> Root:
     return Root(tmp_path / "root", capsys)
+
+
+@pytest.fixture(autouse=True)
+def fast_path_matches_the_full_path(monkeypatch, request):
+    """In every test that runs kvmhook in this process, the scan runs both ways, the fast
+    path and the full parse of every file, and must give the same findings and bytes
+    (a test that changes files during a scan marks itself single_scan)."""
+    from kvmhook import scan
+
+    if request.node.get_closest_marker("single_scan"):
+        return
+
+    real = scan.scan
+
+    def said(outcomes) -> list:
+        return [
+            ([f.as_json() for f in o.findings], o.new_data)
+            for o in outcomes
+            if o.findings or o.new_data is not None
+        ]
+
+    def both(tree, facts, verify=True, fast=True):
+        quick = real(tree, facts, verify, fast=True)
+        full = real(tree, facts, verify, fast=False)
+        assert said(quick) == said(full), "the fast path changed what kvmhook says"
+        return quick if fast else full
+
+    monkeypatch.setattr(scan, "scan", both)

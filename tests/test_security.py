@@ -246,6 +246,7 @@ class OpenWatch:
         os.close(self.fd)
 
 
+@pytest.mark.single_scan  # it swaps a link during the scan
 def test_6_a_device_behind_a_link_is_never_opened(root, monkeypatch):
     device = root.path / "device"
     os.mknod(device, stat.S_IFCHR | 0o600, os.makedev(1, 3))

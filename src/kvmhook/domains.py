@@ -13,7 +13,7 @@ import os
 import re
 import stat
 from collections import namedtuple
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from xml.parsers import expat
 
 # A libvirt domain is a few KiB; anything far larger is not one and is not parsed.
@@ -213,12 +213,17 @@ def config_folders(
         os.close(root_fd)
 
 
-def discover(folders: list[Folder]) -> Iterator[Config]:
-    """Every top-level *.xml entry of each folder, read safely and parsed."""
+def discover(
+    folders: list[Folder], clean: Callable[[bytes], bool] | None = None
+) -> Iterator[Config]:
+    """Every top-level *.xml entry of each folder, read safely and parsed; with clean, the
+    regular files whose bytes clean() and plain_domain() prove clean are left out."""
     for folder in folders:
         names = sorted(e.name for e in os.scandir(folder.fd) if e.name.endswith(".xml"))
         for name in names:
-            yield read_config(folder, name)
+            config = read_config(folder, name, clean)
+            if config is not None:
+                yield config
 
 
 class Emulator(namedtuple("Emulator", "index text line span")):
@@ -306,14 +311,16 @@ def reopen(pinned: int, name: str, dir_fd: int) -> int:
     return fd
 
 
-def read_config(folder: Folder, name: str) -> Config:
+def read_config(
+    folder: Folder, name: str, clean: Callable[[bytes], bool] | None = None
+) -> Config | None:
     path = os.path.join(folder.path, name)
     try:
         pinned = os.open(name, _PIN, dir_fd=folder.fd)
     except OSError as err:
         return Config(path, "file", problem_kind="unreadable", problem=oserror(err), folder=folder)
     try:
-        return _read_pinned(folder, name, path, pinned)
+        return _read_pinned(folder, name, path, pinned, clean)
     except OSError as err:
         return Config(path, "file", problem_kind="unreadable", problem=oserror(err), folder=folder)
     except Exception as err:  # one bad file is one finding, never the end of the run
@@ -322,7 +329,9 @@ def read_config(folder: Folder, name: str) -> Config:
         os.close(pinned)
 
 
-def _read_pinned(folder: Folder, name: str, path: str, pinned: int) -> Config:
+def _read_pinned(
+    folder: Folder, name: str, path: str, pinned: int, clean: Callable[[bytes], bool] | None
+) -> Config | None:
     st = os.fstat(pinned)
     kind = _entry_kind(st.st_mode)
     if kind == "symlink":
@@ -373,8 +382,35 @@ def _read_pinned(folder: Folder, name: str, path: str, pinned: int) -> Config:
             mention_lines=lines,
             folder=folder,
         )
+    if clean is not None and clean(data) and plain_domain(data):
+        return None
     domain, problem_kind, problem = parse(data)
     return Config(path, kind, data, domain, problem_kind, problem, folder=folder)
+
+
+def plain_domain(data: bytes) -> bool:
+    """Whether data is well-formed XML whose root is <domain> (no namespace), with no DOCTYPE
+    or entity declaration. expat runs in C: one callback, for the root, which removes itself."""
+    parser = expat.ParserCreate()
+    root: list[bool] = []
+
+    def first(name: str, attrs: dict) -> None:
+        root.append(name == "domain" and "xmlns" not in attrs)
+        parser.StartElementHandler = None
+
+    def refuse(*_: object) -> None:
+        raise _Refused("a declaration")
+
+    parser.StartElementHandler = first
+    parser.StartDoctypeDeclHandler = parser.EntityDeclHandler = refuse
+    try:
+        parser.Parse(data, True)
+    except Exception:  # anything odd: the full parse decides, and names it
+        return False
+    finally:
+        parser.StartElementHandler = parser.StartDoctypeDeclHandler = None
+        parser.EntityDeclHandler = None
+    return root == [True]
 
 
 def _read_capped(fd: int) -> tuple[bytes | None, tuple[int, ...] | None]:

@@ -12,7 +12,7 @@ from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator
 
 from . import qemu
-from .domains import Config, Domain, Emulator, mention_lines
+from .domains import NEEDLE, Config, Domain, Emulator, mention_lines
 from .findings import Change, Finding
 from .qemu import ARCH_TO_TARGET, COMPATIBLE_TARGET
 
@@ -434,6 +434,51 @@ def saved_state(config: Config, facts: Facts) -> Iterator[Finding]:
             message=f"{what} ({path}): {why}; before the merge, resume the guest (virsh start"
             f" {domain.name}) and shut it down cleanly",
         )
+
+
+_FINDING_STATUSES = ("removed", "deprecated", "foreign")
+
+
+def plainly_clean(data: bytes, facts: Facts) -> bool:
+    """Whether the bytes alone show that no check can find anything in this file: no
+    daemon to compare with, no saved state, no qemu-kvm string, an ASCII-compatible
+    encoding, every <emulator> a plain path that names neither a wrapper nor a dropped
+    target, and no machine type with a finding. Any doubt is False: the full parse decides.
+    (The caller still proves the file well-formed with a root <domain>.)"""
+    if facts.held is not None or facts.saved:
+        return False
+    if NEEDLE in data or data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in data[:4]:
+        return False
+    pos = data.find(b"<emulator")
+    while pos != -1:
+        if data[pos + 9 : pos + 10] != b">":
+            return False
+        end = data.find(b"</emulator", pos)
+        text = data[pos + 10 : end]
+        if end == -1 or b"<" in text or b"&" in text or not text.isascii():
+            return False
+        path = text.strip(b" \t\r\n").decode()
+        if os.path.basename(path) in WRAPPERS:
+            return False
+        match = _SYSTEM_BINARY.match(path)
+        if match and facts.targets is not None and match.group(1) not in facts.targets:
+            return False
+        pos = data.find(b"<emulator", end)
+    if facts.pending is not None:
+        pos = data.find(b"machine")
+        while pos != -1:
+            after = data[pos + 7 : pos + 9]
+            if after[:1] == b"=" and after[1:2] in (b"'", b'"'):
+                end = data.find(after[1:2], pos + 9)
+                value = data[pos + 9 : end]
+                if end == -1 or not value.isascii():
+                    return False
+                if qemu.verdict(value.decode(), facts.pending).status in _FINDING_STATUSES:
+                    return False
+            elif after[:1] in (b" ", b"\t", b"\r", b"\n", b"="):
+                return False  # spaced or odd: not read here
+            pos = data.find(b"machine", pos + 7)
+    return True
 
 
 def leftover_mentions(config: Config, data_after_fix: bytes | None) -> list[Finding]:

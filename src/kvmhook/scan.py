@@ -127,6 +127,10 @@ def _folder_outcome(problem: domains.FolderProblem) -> Outcome:
     return Outcome(Config(problem.path, "folder"), (finding,), None)
 
 
-def scan(tree: Tree, facts: rules.Facts, verify: bool = True) -> list[Outcome]:
+def scan(tree: Tree, facts: rules.Facts, verify: bool = True, fast: bool = True) -> list[Outcome]:
+    """The outcome of every config that has something to say or to write. With fast, a
+    file whose bytes prove it clean is not parsed further (tests compare both ways)."""
+    clean = (lambda data: rules.plainly_clean(data, facts)) if fast else None
     outcomes = [_folder_outcome(p) for p in tree.problems]
-    return outcomes + [_safely(c, facts, verify) for c in domains.discover(tree.folders)]
+    configs = domains.discover(tree.folders, clean)
+    return outcomes + [_safely(c, facts, verify) for c in configs]
