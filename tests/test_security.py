@@ -377,8 +377,10 @@ def test_8_check_and_fix_agree(root, extra):
     (said,) = [f for f in check["findings"] if f["kind"] == "wrapper-emulator"]
     root.json("fix")
     assert said["fixable"] == (vm.read_bytes() != data)
-    if extra:
-        assert not said["fixable"] and "XML_PARSE_HUGE" in said["message"]
+    # the verification reads what the scan reads: no size or depth limit of another parser
+    assert said["fixable"] and vm.read_bytes() == data.replace(
+        b"/usr/bin/qemu-kvm", b"/usr/bin/qemu-system-x86_64"
+    )
 
 
 # 9: one refused file never blocks the rest of its run, nor older runs.

@@ -2,8 +2,8 @@
 
 The parser that read the file (domains.parse) recorded the byte span of every
 emulator path and of the <domain type> value; only those bytes are replaced.
-The result is parsed again with lxml and must equal the original document with
-exactly those values changed.
+The result is parsed again, and its whole event stream must equal the original
+document's with exactly those values changed.
 """
 
 from __future__ import annotations
@@ -78,33 +78,97 @@ def apply(data: bytes, changes: Sequence[Change], domain: Domain) -> bytes:
     return result
 
 
-def _canonical(root) -> bytes:
-    from lxml import etree
+def _events(data: bytes) -> list[tuple]:
+    """Everything a parser reports of a document, in order: elements with their attributes
+    as written, text (joined), comments, processing instructions and CDATA sections, each
+    element with its path from the root."""
+    from xml.parsers import expat
 
-    return etree.tostring(root.getroottree(), method="c14n", with_comments=True)
+    parser = expat.ParserCreate()
+    parser.ordered_attributes = True
+    events: list[tuple] = []
+    text: list[str] = []
+    path: list[str] = []
+
+    def flush() -> None:
+        if text:
+            events.append(("text", "".join(text)))
+            text.clear()
+
+    def start(name: str, attrs: list) -> None:
+        flush()
+        path.append(name)
+        events.append(("start", tuple(path), list(attrs)))
+
+    def end(name: str) -> None:
+        flush()
+        path.pop()
+        events.append(("end", name))
+
+    def mark(kind: str):
+        def handler(*args: object) -> None:
+            flush()
+            events.append((kind, *args))
+
+        return handler
+
+    def refuse(*_: object) -> None:
+        raise EditError("declares entities or a DOCTYPE")
+
+    parser.StartElementHandler, parser.EndElementHandler = start, end
+    parser.CharacterDataHandler = text.append
+    parser.CommentHandler = mark("comment")
+    parser.ProcessingInstructionHandler = mark("pi")
+    parser.StartCdataSectionHandler = mark("cdata")
+    parser.EndCdataSectionHandler = mark("/cdata")
+    parser.EntityDeclHandler = parser.StartDoctypeDeclHandler = refuse
+    try:
+        parser.Parse(data, True)
+    except expat.ExpatError as err:
+        raise EditError(f"not well-formed XML: {expat.ErrorString(err.code)}") from None
+    except (ValueError, LookupError) as err:
+        raise EditError(str(err)) from None
+    flush()
+    return events
+
+
+def _set(attrs: list, name: str, value: str) -> None:
+    i = attrs[0::2].index(name)  # ordered_attributes: [name, value, name, value, ...]
+    attrs[2 * i + 1] = value
 
 
 def verify(old: bytes, new: bytes, changes: Sequence[Change]) -> None:
-    """new must parse to old with exactly the changes applied, and nothing else."""
+    """new must parse to old with exactly the changes applied, and nothing else: the two
+    documents' whole event streams are compared."""
+    expected = _events(old)
     try:
-        expected = parse_tree(old)
-    except EditError as err:
-        why = f"the edit cannot be verified, lxml does not read the file ({err})"
-        raise EditError(why) from None
-    for change in changes:
-        if change.what == "emulator":
-            element = expected.findall("devices/emulator")[change.index]
-            text = element.text or ""
-            element.text = text.replace(text.strip(_XML_SPACE), change.new, 1)
-        elif change.what == "machine":
-            expected.find("os/type").set("machine", change.new)
-        else:
-            expected.set("type", change.new)
-    try:
-        actual = parse_tree(new)
+        actual = _events(new)
     except EditError as err:
         raise EditError(f"the edited file does not parse: {err}") from None
-    if _canonical(actual) != _canonical(expected):
+    emulators = [
+        i
+        for i, e in enumerate(expected)
+        if e[0] == "start" and e[1] == ("domain", "devices", "emulator")
+    ]
+    try:
+        for change in changes:
+            if change.what == "emulator":
+                at = emulators[change.index] + 1
+                kind, text = expected[at]
+                if kind != "text":
+                    raise EditError("the emulator holds no text")
+                expected[at] = (kind, text.replace(text.strip(_XML_SPACE), change.new, 1))
+            elif change.what == "machine":
+                (event,) = [
+                    e for e in expected if e[0] == "start" and e[1] == ("domain", "os", "type")
+                ]
+                _set(event[2], "machine", change.new)
+            else:
+                root = next(e for e in expected if e[0] == "start")
+                _set(root[2], "type", change.new)
+    except (IndexError, ValueError, StopIteration):
+        raise EditError("the change has no place in the file") from None
+    if actual != expected:
         raise EditError("the edited file differs from the intended change")
 
 
