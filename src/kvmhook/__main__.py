@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
-import shlex
 import sys
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 from . import __version__, libvirt, merge, report, rules, scan
-from .domains import Folder
+from .domains import Folder, Pattern
 from .findings import Finding, has_errors
+
+TYPE_CHECKING = False  # typing itself costs 3 ms
+if TYPE_CHECKING:  # argparse costs some 10 ms at start: plain check and hook go without it
+    import argparse
 
 EXIT_OK, EXIT_FINDINGS, EXIT_FAILED = 0, 1, 2
 
@@ -23,6 +25,8 @@ class UsageError(Exception):
 def _targets(value: str | None) -> frozenset[str] | None:
     if value is None:
         return None
+    import re
+
     names = [n for n in re.split(r"[,\s]+", value) if n]
     if not names:
         raise UsageError("--targets: empty; name the QEMU softmmu targets, such as x86_64")
@@ -30,6 +34,9 @@ def _targets(value: str | None) -> frozenset[str] | None:
     if bad:
         raise UsageError(f"--targets: {bad[0]!r} is not a QEMU softmmu target name")
     return frozenset(names)
+
+
+_VERSION = Pattern(r"[0-9][0-9A-Za-z._]*")
 
 
 def _merge(args: argparse.Namespace, root: str) -> merge.Merge:
@@ -40,7 +47,7 @@ def _merge(args: argparse.Namespace, root: str) -> merge.Merge:
         ("--qemu-version", version),
         ("--installed-version", args.installed_version),
     ):
-        if value is not None and not re.fullmatch(r"[0-9][0-9A-Za-z._]*", value):
+        if value is not None and not _VERSION.fullmatch(value):
             raise UsageError(f"{option}: {value!r} is not a version such as 10.1.0")
     targets = _targets(args.targets)
     hook = args.func is cmd_hook
@@ -90,6 +97,8 @@ def _link(args: argparse.Namespace, root: str) -> libvirt.Link:
 
 
 def _fix_command(args: argparse.Namespace, root: str) -> str:
+    import shlex
+
     words = ["kvmhook", "fix"]
     if root != "/":
         words += ["--root", root]
@@ -101,6 +110,8 @@ def _fix_command(args: argparse.Namespace, root: str) -> str:
 
 
 def _undo_command(root: str) -> str:
+    import shlex
+
     return "kvmhook undo" + ("" if root == "/" else f" --root {shlex.quote(root)}")
 
 
@@ -367,10 +378,8 @@ def _list_runs(args: argparse.Namespace, root: str) -> int:
         if state is not None:
             state.close()
     if args.json:
-        import json
-
         doc = {"schema": report.SCHEMA, "root": root, "runs": [r.as_json() for r in found]}
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        sys.stdout.write(report.dumps(doc) + "\n")
         return EXIT_OK
     colour = report.use_colour(sys.stdout)
     lines = [report.info("No fix run has backups here.", colour)] if not found else []
@@ -488,18 +497,19 @@ def cmd_hook_path(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class _Formatter(argparse.HelpFormatter):
-    """argparse's formatter, sized without shutil: argparse builds one per option."""
-
-    def __init__(self, prog: str):
-        try:
-            width = os.get_terminal_size(sys.stdout.fileno()).columns
-        except (OSError, ValueError):
-            width = 80
-        super().__init__(prog, width=max(width - 2, 40))
-
-
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    class _Formatter(argparse.HelpFormatter):
+        """argparse's formatter, sized without shutil: argparse builds one per option."""
+
+        def __init__(self, prog: str):
+            try:
+                width = os.get_terminal_size(sys.stdout.fileno()).columns
+            except (OSError, ValueError):
+                width = 80
+            super().__init__(prog, width=max(width - 2, 40))
+
     parser = argparse.ArgumentParser(
         formatter_class=_Formatter,
         prog="kvmhook",
@@ -593,8 +603,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PLAIN = {
+    "check": (cmd_check, {}, ()),
+    "hook": (
+        cmd_hook,
+        {"mode": "explain", "machines": "stop", "keep_type": False},
+        (("mode", ("explain", "fix", "warn")), ("machines", ("stop", "warn", "update"))),
+    ),
+}
+_PLAIN_FLAGS = {"--json": "json", "--session": "session"}
+_PLAIN_OPTIONS = {
+    "--root": "root",
+    "--connect": "connect",
+    "--targets": "targets",
+    "--qemu-version": "qemu_version",
+    "--installed-version": "installed_version",
+}
+
+
+def plain_args(argv: Sequence[str]) -> SimpleNamespace | None:
+    """A check or hook command line of whole, known options, read without argparse (it
+    costs some 10 ms at every start); anything else (help, an abbreviation, --opt=value,
+    a mistake) is None, and argparse reads it."""
+    if not argv or argv[0] not in _PLAIN:
+        return None
+    func, extra, choices = _PLAIN[argv[0]]
+    values = {"root": "/", "json": False, "connect": None, "targets": None, "session": False}
+    values.update(qemu_version=None, installed_version=None, **extra)
+    options = {**_PLAIN_OPTIONS, **{f"--{name}": name for name in extra if name != "keep_type"}}
+    rest = list(argv[1:])
+    while rest:
+        word = rest.pop(0)
+        if word in _PLAIN_FLAGS:
+            values[_PLAIN_FLAGS[word]] = True
+        elif word in options and rest and not rest[0].startswith("-"):
+            values[options[word]] = rest.pop(0)
+        else:
+            return None
+    if any(values[name] not in allowed for name, allowed in choices):
+        return None
+    return SimpleNamespace(command=argv[0], func=func, **values)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = plain_args(argv) or build_parser().parse_args(argv)
     try:
         return args.func(args)
     except BrokenPipeError:

@@ -9,8 +9,9 @@ the tables says where it comes from. tests/test_machines.py checks them against 
 
 from __future__ import annotations
 
-import re
 from collections import namedtuple
+
+from .domains import Pattern
 
 # libvirt's names for QEMU targets where they differ from the arch name.
 ARCH_TO_TARGET = {
@@ -71,10 +72,10 @@ FAMILIES = {
     "pseries-": (2, 1),
 }
 # X.Y, with a patch number (pc-q35-4.0.1) or ppc64's -sxxm variant (pseries-2.12-sxxm)
-_VERSIONED = re.compile(
+_VERSIONED = Pattern(
     r"(pc-i440fx-|pc-q35-|pc-|virt-|s390-ccw-virtio-|pseries-)(\d+)\.(\d+)(\.\d+|-sxxm)?"
 )
-_FOREIGN = re.compile(r"(pc-i440fx-|pc-q35-|virt-|s390-ccw-virtio-|pseries-).+")
+_FOREIGN = Pattern(r"(pc-i440fx-|pc-q35-|virt-|s390-ccw-virtio-|pseries-).+")
 
 # Removed by hand before QEMU 10.1: (family, first, last, the release without them).
 REMOVED_BY_HAND = (
@@ -112,6 +113,10 @@ class Verdict(namedtuple("Verdict", "status release")):
     __slots__ = ()
 
 
+_LIVE = Pattern(r"9999+")
+_RELEASE = Pattern(r"(\d+)\.(\d+)(?:\.(\d+))?")
+
+
 def next_release(version: Version) -> Version:
     major, minor = version
     return (major, minor + 1) if minor < 2 else (major + 1, 0)
@@ -120,9 +125,9 @@ def next_release(version: Version) -> Version:
 def parse_version(text: str) -> Version | None:
     """The QEMU release a version string (a PV) builds: 9999 and N.M.50 or later build
     the next release. None when it is not a version."""
-    if re.fullmatch(r"9999+", text):
+    if _LIVE.fullmatch(text):
         return next_release(NEWEST_RELEASE)
-    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    match = _RELEASE.match(text)
     if not match:
         return None
     # QEMU makes three releases a year, N.0 to N.2: a larger minor (9.9999) is N's last

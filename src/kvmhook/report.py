@@ -106,9 +106,54 @@ def render_json(
         "backup": backup,
     }
     doc.update(extra)
-    import json
+    return dumps(doc) + "\n"
 
-    return json.dumps(doc, indent=2) + "\n"
+
+class _JsonEscapes(dict):
+    """What json.dumps (ensure_ascii) writes for each character outside printable ASCII."""
+
+    def __missing__(self, code: int) -> str:
+        if code >= 0x10000:  # a surrogate pair
+            low = code - 0x10000
+            text = f"\\u{0xD800 | low >> 10 & 0x3FF:04x}\\u{0xDC00 | low & 0x3FF:04x}"
+        else:
+            text = f"\\u{code:04x}"
+        self[code] = text
+        return text
+
+
+_JSON_ESCAPES = _JsonEscapes(
+    {ord("\\"): "\\\\", ord('"'): '\\"', 8: "\\b", 12: "\\f", 10: "\\n", 13: "\\r", 9: "\\t"}
+)
+_JSON_ESCAPES.update({c: c for c in range(0x20, 0x7F) if chr(c) not in '\\"'})
+
+
+def _json_string(text: str) -> str:
+    return '"' + text.translate(_JSON_ESCAPES) + '"'
+
+
+def dumps(value: object, indent: str = "") -> str:
+    """json.dumps(value, indent=2), byte for byte, for the documents kvmhook writes (str,
+    int, bool, None, lists and dicts with str keys), without importing json and re at start."""
+    if value is None:
+        return "null"
+    if value is True or value is False:
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, str):
+        return _json_string(value)
+    inner = indent + "  "
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = [f"{inner}{_json_string(k)}: {dumps(v, inner)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "[]"
+        return "[\n" + ",\n".join(inner + dumps(v, inner) for v in value) + "\n" + indent + "]"
+    raise TypeError(f"not written as JSON here: {type(value).__name__}")
 
 
 # Lines for the portage snippet: "<function> <text>", where function is eerror, ewarn or elog.

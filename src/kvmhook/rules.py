@@ -7,12 +7,11 @@ yields findings. New checks register themselves with @check.
 from __future__ import annotations
 
 import os
-import re
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator
 
 from . import qemu
-from .domains import NEEDLE, Config, Domain, Emulator, mention_lines
+from .domains import NEEDLE, Config, Domain, Emulator, Pattern, mention_lines
 from .findings import Change, Finding
 from .qemu import ARCH_TO_TARGET, COMPATIBLE_TARGET
 
@@ -20,7 +19,7 @@ WRAPPERS = frozenset({"qemu-kvm", "kvm"})
 BINARY_DIR = "/usr/bin"
 BINARY_PREFIX = "qemu-system-"
 
-_SYSTEM_BINARY = re.compile(r"^/usr/bin/qemu-system-([A-Za-z0-9_]+)$")
+_SYSTEM_BINARY = Pattern(r"^/usr/bin/qemu-system-([A-Za-z0-9_]+)$")
 
 
 class Facts(
@@ -460,8 +459,8 @@ def plainly_clean(data: bytes, facts: Facts) -> bool:
         path = text.strip(b" \t\r\n").decode()
         if os.path.basename(path) in WRAPPERS:
             return False
-        match = _SYSTEM_BINARY.match(path)
-        if match and facts.targets is not None and match.group(1) not in facts.targets:
+        binary = path.removeprefix(BINARY_DIR + "/" + BINARY_PREFIX)
+        if facts.targets is not None and binary != path and binary not in facts.targets:
             return False
         pos = data.find(b"<emulator", end)
     if facts.pending is not None:

@@ -1,0 +1,79 @@
+"""The lean start: check and hook read their command line without argparse, and JSON is
+written without json; both must give exactly what the libraries give."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kvmhook import report
+from kvmhook.__main__ import build_parser, plain_args
+
+documents = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(documents)
+def test_json_is_what_json_dumps_writes(doc):
+    assert report.dumps(doc) == json.dumps(doc, indent=2)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["check"],
+        ["check", "--json"],
+        ["check", "--root", "/r", "--session", "--json", "--targets", "x86_64,aarch64"],
+        ["check", "--qemu-version", "10.1.0", "--installed-version", "10.0.0"],
+        ["check", "--connect", "qemu:///system", "--root", "/"],
+        ["hook", "--mode", "fix", "--machines", "update", "--root", "/r/", "--qemu-version", "9"],
+        ["hook", "--root", "/r", "--targets", "x86_64 aarch64"],
+    ],
+)
+def test_plain_command_lines_read_as_argparse_reads_them(argv):
+    plain = plain_args(argv)
+    assert plain is not None
+    assert vars(plain) == vars(build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["check", "--help"],
+        ["check", "--root=/r"],
+        ["check", "--ro", "/r"],
+        ["check", "--root"],
+        ["check", "--root", "-x"],
+        ["check", "--dry-run"],
+        ["fix"],
+        ["hook", "--mode", "sometimes"],
+        ["--version"],
+        [],
+    ],
+)
+def test_anything_else_goes_to_argparse(argv):
+    assert plain_args(argv) is None
+
+
+def test_a_plain_check_imports_neither_argparse_nor_json_nor_re(tmp_path):
+    root = tmp_path / "root"
+    (root / "etc/libvirt/qemu").mkdir(parents=True)
+    code = (
+        "import sys\nfrom kvmhook.__main__ import main\nmain(sys.argv[1:])\n"
+        "print(sorted({'argparse', 'json', 're', 'lxml'} & set(sys.modules)), file=sys.stderr)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "check", "--json", "--root", str(root)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.stderr.strip().splitlines()[-1] == "[]"
