@@ -176,8 +176,8 @@ def fast_path_matches_the_full_path(monkeypatch, request):
             if o.findings or o.new_data is not None
         ]
 
-    def both(tree, facts, verify=True, fast=True):
-        quick = real(tree, facts, verify, fast=True)
+    def both(tree, facts, verify=True, fast=True, parallel=False):
+        quick = real(tree, facts, verify, fast=True, parallel=parallel)
         full = real(tree, facts, verify, fast=False)
         assert said(quick) == said(full), "the fast path changed what kvmhook says"
         return quick if fast else full

@@ -258,13 +258,13 @@ def test_6_a_device_behind_a_link_is_never_opened(root, monkeypatch):
     real = domains.reopen
     swapped = []
 
-    def swap_then_reopen(pinned, name, dir_fd):
+    def swap_then_reopen(pinned, name, dir_fd, *rest):
         # the link turns to the device between the look at the target and its read
         if not swapped:
             (root.qemu / ".next").symlink_to(device)
             os.rename(root.qemu / ".next", link)
             swapped.append(True)
-        return real(pinned, name, dir_fd)
+        return real(pinned, name, dir_fd, *rest)
 
     monkeypatch.setattr(domains, "reopen", swap_then_reopen)
     code, doc = root.json("check")

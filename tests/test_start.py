@@ -4,15 +4,19 @@ written without json; both must give exactly what the libraries give."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+from conftest import domain_xml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kvmhook import report
 from kvmhook.__main__ import build_parser, plain_args
+
+NEW = "/usr/bin/qemu-system-x86_64"
 
 documents = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(),
@@ -77,3 +81,22 @@ def test_a_plain_check_imports_neither_argparse_nor_json_nor_re(tmp_path):
         text=True,
     )
     assert proc.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_a_large_folder_scanned_on_both_cores_says_what_one_process_says(root, monkeypatch):
+    from kvmhook import rules, scan
+
+    for i in range(400):
+        stale = i % 7 == 0
+        data = domain_xml(f"vm{i:03d}", emulator="/usr/bin/qemu-kvm" if stale else NEW)
+        root.add(f"vm{i:03d}.xml", data if i % 97 else b"<domain><broken")
+    facts = rules.Facts(host_arch="x86_64", installed=frozenset({"x86_64"}))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with scan.Tree(str(root.path), False) as tree:
+        one = scan.scan(tree, facts, fast=True, parallel=False)
+        forked = scan.scan(tree, facts, fast=True, parallel=True)
+    said = [[f.as_json() for f in o.findings] for o in one]
+    assert said == [[f.as_json() for f in o.findings] for o in forked]
+    assert len(said) == 58 + 4  # the stale ones and the broken ones, from both halves
+    code, doc = root.json("check")
+    assert len(doc["findings"]) == sum(len(s) for s in said)

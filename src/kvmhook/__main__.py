@@ -143,7 +143,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     pending = _merge(args, root)
     link = _link(args, root)
     with scan.Tree(root, args.session, warn_missing=True) as tree:
-        outcomes = scan.scan(tree, _facts(args, root, link, pending))
+        outcomes = scan.scan(tree, _facts(args, root, link, pending), parallel=True)
         scanned = tree.counts()
     link.close()
     colour = report.use_colour(sys.stdout) and not args.json
@@ -426,7 +426,7 @@ def cmd_hook(args: argparse.Namespace) -> int:
     lines: list[str] = []
     synced: list[libvirt.Synced] = []
     with scan.Tree(root, args.session) as tree:
-        outcomes = scan.scan(tree, facts)
+        outcomes = scan.scan(tree, facts, parallel=args.mode != "fix")
         scanned = ", ".join(f"{n} in {folder}" for folder, n in tree.counts()) or "none"
         lines.append(f"einfo kvmhook: read the libvirt domain configs: {scanned}")
         if args.mode == "fix":

@@ -230,17 +230,30 @@ def config_folders(
         os.close(root_fd)
 
 
+def entries(folders: list[Folder]) -> list[tuple[Folder, str]]:
+    """Every top-level *.xml entry of each folder, in order."""
+    return [
+        (folder, name)
+        for folder in folders
+        for name in sorted(e.name for e in os.scandir(folder.fd) if e.name.endswith(".xml"))
+    ]
+
+
 def discover(
     folders: list[Folder], clean: Callable[[bytes], bool] | None = None
 ) -> Iterator[Config]:
     """Every top-level *.xml entry of each folder, read safely and parsed; with clean, the
     regular files whose bytes clean() and plain_domain() prove clean are left out."""
-    for folder in folders:
-        names = sorted(e.name for e in os.scandir(folder.fd) if e.name.endswith(".xml"))
-        for name in names:
-            config = read_config(folder, name, clean)
-            if config is not None:
-                yield config
+    return read_all_configs(entries(folders), clean)
+
+
+def read_all_configs(
+    found: list[tuple[Folder, str]], clean: Callable[[bytes], bool] | None = None
+) -> Iterator[Config]:
+    for folder, name in found:
+        config = read_config(folder, name, clean)
+        if config is not None:
+            yield config
 
 
 class Emulator(namedtuple("Emulator", "index text line span")):
@@ -309,7 +322,9 @@ def _entry_kind(mode: int) -> str:
     return "device"
 
 
-def reopen(pinned: int, name: str, dir_fd: int) -> int:
+def reopen(
+    pinned: int, name: str, dir_fd: int, before: os.stat_result | None = None
+) -> tuple[int, os.stat_result]:
     """A readable fd for the regular file that pinned (an O_PATH fd) refers to.
 
     Through /proc the very inode is opened, so a swap of the name in between changes
@@ -319,13 +334,14 @@ def reopen(pinned: int, name: str, dir_fd: int) -> int:
         fd = os.open(f"/proc/self/fd/{pinned}", _READ)
     except FileNotFoundError:
         fd = os.open(name, _READ | os.O_NOFOLLOW, dir_fd=dir_fd)
-    before, after = os.fstat(pinned), os.fstat(fd)
+    before = before or os.fstat(pinned)
+    after = os.fstat(fd)
     if (before.st_dev, before.st_ino) != (after.st_dev, after.st_ino) or not stat.S_ISREG(
         after.st_mode
     ):
         os.close(fd)
         raise OSError(errno.EBUSY, "the file was swapped while it was opened")
-    return fd
+    return fd, after
 
 
 def read_config(
@@ -362,10 +378,11 @@ def _read_pinned(
                 target = -1
             if target >= 0:
                 try:
-                    if stat.S_ISREG(os.fstat(target).st_mode):
-                        fd = reopen(target, name, folder.fd)
+                    target_st = os.fstat(target)
+                    if stat.S_ISREG(target_st.st_mode):
+                        fd, st = reopen(target, name, folder.fd, target_st)
                         try:
-                            data, lines = _read_capped(fd)
+                            data, lines = _read_capped(fd, st.st_size)
                         finally:
                             os.close(fd)
                 except OSError:
@@ -384,9 +401,9 @@ def _read_pinned(
             problem=f"owned by {user_name(st.st_uid)}, not by the folder's owner: not read",
             folder=folder,
         )
-    fd = reopen(pinned, name, folder.fd)
+    fd, st = reopen(pinned, name, folder.fd, st)
     try:
-        data, lines = _read_capped(fd)
+        data, lines = _read_capped(fd, st.st_size)
     finally:
         os.close(fd)
     if lines is not None:
@@ -430,10 +447,9 @@ def plain_domain(data: bytes) -> bool:
     return root == [True]
 
 
-def _read_capped(fd: int) -> tuple[bytes | None, tuple[int, ...] | None]:
+def _read_capped(fd: int, size: int) -> tuple[bytes | None, tuple[int, ...] | None]:
     """(bytes, None) of a file up to MAX_SIZE; (None, mention lines in its first MAX_SIZE
-    bytes) for a larger one. Never reads past the cap, whatever st_size claims."""
-    size = os.fstat(fd).st_size
+    bytes) for a larger one. Never reads past the cap, whatever st_size (size) claims."""
     data = read_all(fd, min(size, MAX_SIZE), MAX_SIZE)
     if len(data) > MAX_SIZE:
         return None, mention_lines(data[:MAX_SIZE])
@@ -542,6 +558,8 @@ def read_all(fd: int, size_hint: int, limit: int | None = None) -> bytes:
             break
         chunks.append(chunk)
         total += len(chunk)
+        if total == size_hint and len(chunk) < want:
+            break  # a short read of exactly the size fstat gave: the end, without one more read
     return b"".join(chunks)
 
 
