@@ -363,7 +363,8 @@ def _unlink_quietly(dir_fd: int, name: str) -> None:
 def _write_json(dir_fd: int, name: str, doc: dict, sync: bool = True) -> None:
     temp = name + ".tmp"
     _unlink_quietly(dir_fd, temp)
-    data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+    # compact: with an indent, json uses its pure-Python encoder (a quarter second a run)
+    data = (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
     _write_new(dir_fd, temp, data, sync=sync)
     os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     if sync:
