@@ -71,6 +71,8 @@ def test_anything_else_goes_to_argparse(argv):
 def test_a_plain_check_imports_neither_argparse_nor_json_nor_re(tmp_path):
     root = tmp_path / "root"
     (root / "etc/libvirt/qemu").mkdir(parents=True)
+    (root / "etc/libvirt/qemu/clean.xml").write_bytes(domain_xml("clean", emulator=NEW))
+    (root / "etc/libvirt/qemu/stale.xml").write_bytes(domain_xml("stale"))  # the full parse
     code = (
         "import sys\nfrom kvmhook.__main__ import main\nmain(sys.argv[1:])\n"
         "print(sorted({'argparse', 'json', 're', 'lxml'} & set(sys.modules)), file=sys.stderr)"
@@ -100,3 +102,33 @@ def test_a_large_folder_scanned_on_both_cores_says_what_one_process_says(root, m
     assert len(said) == 58 + 4  # the stale ones and the broken ones, from both halves
     code, doc = root.json("check")
     assert len(doc["findings"]) == sum(len(s) for s in said)
+
+
+_ATTRIBUTE = r"\s+([^\s=/>]+)\s*=\s*(?:\"([^\"]*)\"|'([^']*)')"
+_names = st.sampled_from([b"type", b"machine", b"arch", b"x", b"typ", b"types"])
+_values = st.text(alphabet="abc-1.2 ", max_size=8).map(str.encode)
+_space = st.sampled_from([b" ", b"  ", b"\n", b"\t ", b"\r\n"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(_space, _names, _space | st.just(b""), _values, st.sampled_from([b"'", b'"'])),
+        max_size=5,
+    ),
+    _names,
+)
+def test_attribute_spans_are_what_the_regular_expression_finds(attrs, wanted):
+    import re
+
+    from kvmhook.domains import attribute_span
+
+    tag = b"<type" + b"".join(s + n + sp + b"=" + sp + q + v + q for s, n, sp, v, q in attrs) + b">"
+    expected = None
+    pos = len(b"<type")
+    while match := re.compile(_ATTRIBUTE.encode()).match(tag, pos):
+        if match.group(1) == wanted:
+            expected = match.span(2 if match.group(2) is not None else 3)
+            break
+        pos = match.end()
+    assert attribute_span(tag, len(b"<type"), wanted) == expected

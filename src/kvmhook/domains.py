@@ -572,7 +572,39 @@ class _Refused(Exception):
 
 
 _XML_SPACE = " \t\r\n"
-_ATTRIBUTE = Pattern(rb"\s+([^\s=/>]+)\s*=\s*(?:\"([^\"]*)\"|'([^']*)')")
+_XML_WHITE = frozenset(b" \t\r\n")
+_NAME_END = frozenset(b" \t\r\n=/>")
+
+
+def attribute_span(data: bytes, pos: int, name: bytes) -> tuple[int, int] | None:
+    """The byte span of attribute name's value among the attributes from pos on, or None.
+    A scan by hand: importing re costs some 6 ms at start."""
+    size = len(data)
+    while True:
+        start = pos
+        while pos < size and data[pos] in _XML_WHITE:
+            pos += 1
+        if pos == start:
+            return None
+        begin = pos
+        while pos < size and data[pos] not in _NAME_END:
+            pos += 1
+        found = data[begin:pos]
+        while pos < size and data[pos] in _XML_WHITE:
+            pos += 1
+        if not found or pos >= size or data[pos] != 0x3D:  # =
+            return None
+        pos += 1
+        while pos < size and data[pos] in _XML_WHITE:
+            pos += 1
+        if pos >= size or data[pos] not in (0x22, 0x27):  # " or '
+            return None
+        end = data.find(data[pos : pos + 1], pos + 1)
+        if end == -1:
+            return None
+        if found == name:
+            return pos + 1, end
+        pos = end + 1
 
 
 class _Reader:
@@ -689,13 +721,9 @@ class _Reader:
 
     def attribute_span(self, pos: int, name: bytes) -> tuple[int, int] | None:
         """The byte span of attribute name's value in the start tag whose attributes
-        begin at pos."""
-        while match := _ATTRIBUTE.match(self.data, pos):
-            if match.group(1) == name:
-                group = 2 if match.group(2) is not None else 3
-                return match.span(group)
-            pos = match.end()
-        return None
+        begin at pos (expat has read the tag: attributes are name = 'value' or "value",
+        apart by XML white space)."""
+        return attribute_span(self.data, pos, name)
 
 
 def _encoding_problem(data: bytes) -> str | None:
