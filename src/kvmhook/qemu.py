@@ -150,28 +150,27 @@ def foreign_family(machine: str) -> str | None:
     return match.group(1) if match and family(machine) is None else None
 
 
-def _by_rule(version: Version, years: int, start: Version) -> Version:
-    """The first release from which the rule drops (or deprecates) type version X.Y."""
-    return max((version[0] + years, version[1]), start)
+def _release(
+    by_hand: tuple, years: int, start: Version, prefix: str, version: Version
+) -> Version | None:
+    """The release that acts on this versioned type: a hand-made entry, else the rule (the
+    first release N.M with N-X > years, or N-X = years and Y <= M, from start on)."""
+    for fam, first, last, release in by_hand:
+        if fam == prefix and first <= version <= last:
+            return release
+    if prefix in RULE_FAMILIES:
+        return max((version[0] + years, version[1]), start)
+    return None
 
 
 def removal(prefix: str, version: Version) -> Version | None:
     """The release that removes this versioned type (by hand or by the rule), or None."""
-    for fam, first, last, release in REMOVED_BY_HAND:
-        if fam == prefix and first <= version <= last:
-            return release
-    if prefix in RULE_FAMILIES:
-        return _by_rule(version, KEEP_YEARS, RULE_REMOVES_FROM)
-    return None
+    return _release(REMOVED_BY_HAND, KEEP_YEARS, RULE_REMOVES_FROM, prefix, version)
 
 
 def deprecation(prefix: str, version: Version) -> Version | None:
-    for fam, first, last, release in DEPRECATED_BY_HAND:
-        if fam == prefix and first <= version <= last:
-            return release
-    if prefix in RULE_FAMILIES:
-        return _by_rule(version, DEPRECATE_YEARS, RULE_DEPRECATES_FROM)
-    return None
+    """The release that marks this versioned type deprecated, or None."""
+    return _release(DEPRECATED_BY_HAND, DEPRECATE_YEARS, RULE_DEPRECATES_FROM, prefix, version)
 
 
 def verdict(machine: str, qemu: Version) -> Verdict:
