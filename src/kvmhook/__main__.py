@@ -142,29 +142,33 @@ def cmd_check(args: argparse.Namespace) -> int:
     root = _root(args.root)
     pending = _merge(args, root)
     link = _link(args, root)
+    colour = report.use_colour(sys.stdout) and not args.json
     with scan.Tree(root, args.session, warn_missing=True) as tree:
         outcomes = scan.scan(tree, _facts(args, root, link, pending), parallel=True)
-        scanned = tree.counts()
+        head, extra = _read_what(pending, root, tree, colour)
     link.close()
-    colour = report.use_colour(sys.stdout) and not args.json
-    head = [report.info(pending.line(root), colour), *_scanned_lines(root, scanned, colour)]
     head.append(report.info(link.note, colour))
-    return _emit(
-        args,
-        root,
-        _findings(outcomes),
-        head,
-        merge=pending.as_json(),
-        scanned=[{"folder": f, "configs": n} for f, n in scanned],
-        daemon=link.as_json(),
-    )
+    return _emit(args, root, _findings(outcomes), head, daemon=link.as_json(), **extra)
 
 
-def _scanned_lines(root: str, scanned: list[tuple[str, int]], colour: bool) -> list[str]:
+def _read_what(
+    pending: merge.Merge, root: str, tree: scan.Tree, colour: bool
+) -> tuple[list[str], dict]:
+    """The lines and JSON that say what the merge is taken to be and what was read where."""
+    scanned = tree.counts()
+    lines = [report.info(pending.line(root), colour), *_scanned_lines(scanned, colour)]
+    said = {
+        "merge": pending.as_json(),
+        "scanned": [{"folder": f, "configs": n} for f, n in scanned],
+    }
+    return lines, said
+
+
+def _scanned_lines(scanned: list[tuple[str, int]], colour: bool) -> list[str]:
     """How many configs were read where: nothing read is never an all-clear."""
     if not scanned:
         return [report.info("Read no domain configs: no config folder was found.", colour)]
-    text = ", ".join(f"{n} in {folder}" for folder, n in scanned)
+    text = report.scanned_text(scanned)
     return [report.info(f"Read {sum(n for _, n in scanned)} domain config(s): {text}", colour)]
 
 
@@ -261,14 +265,10 @@ def cmd_fix(args: argparse.Namespace) -> int:
     link = _link(args, root)
     facts = _facts(args, root, link, pending)
     colour = report.use_colour(sys.stdout) and not args.json
-    first = [report.info(pending.line(root), colour)]
-    extra = {"merge": pending.as_json()}
     with scan.Tree(root, args.session, warn_missing=True) as tree:
         # a dry run shows verified edits; a real run verifies them under the lock
         outcomes = scan.scan(tree, facts, verify=args.dry_run)
-        scanned = tree.counts()
-        first += _scanned_lines(root, scanned, colour)
-        extra["scanned"] = [{"folder": f, "configs": n} for f, n in scanned]
+        first, extra = _read_what(pending, root, tree, colour)
         if args.dry_run:
             link.close()
             from . import edit
@@ -330,7 +330,9 @@ def cmd_undo(args: argparse.Namespace) -> int:
                 files = []
                 for path in result.restored:
                     folder, name = by_path[os.path.dirname(path)], os.path.basename(path)
-                    files.append((folder, name, _read(folder, name)))
+                    current = store.read_at(folder.fd, name)
+                    if current is not None:
+                        files.append((folder, name, current[0]))
                 synced = _sync(link, files)
         finally:
             state.close()
@@ -400,16 +402,6 @@ def _list_runs(args: argparse.Namespace, root: str) -> int:
     return EXIT_OK
 
 
-def _read(folder: Folder, name: str) -> bytes:
-    from .domains import read_all
-
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder.fd)
-    try:
-        return read_all(fd, os.fstat(fd).st_size)
-    finally:
-        os.close(fd)
-
-
 HOOK_STOP = 3  # tells the bash snippet to die
 
 
@@ -427,7 +419,7 @@ def cmd_hook(args: argparse.Namespace) -> int:
     synced: list[libvirt.Synced] = []
     with scan.Tree(root, args.session) as tree:
         outcomes = scan.scan(tree, facts, parallel=args.mode != "fix")
-        scanned = ", ".join(f"{n} in {folder}" for folder, n in tree.counts()) or "none"
+        scanned = report.scanned_text(tree.counts()) or "none"
         lines.append(f"einfo kvmhook: read the libvirt domain configs: {scanned}")
         if args.mode == "fix":
             try:

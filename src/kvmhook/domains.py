@@ -239,14 +239,6 @@ def entries(folders: list[Folder]) -> list[tuple[Folder, str]]:
     ]
 
 
-def discover(
-    folders: list[Folder], clean: Callable[[bytes], bool] | None = None
-) -> Iterator[Config]:
-    """Every top-level *.xml entry of each folder, read safely and parsed; with clean, the
-    regular files whose bytes clean() and plain_domain() prove clean are left out."""
-    return read_all_configs(entries(folders), clean)
-
-
 def read_all_configs(
     found: list[tuple[Folder, str]], clean: Callable[[bytes], bool] | None = None
 ) -> Iterator[Config]:

@@ -10,7 +10,6 @@ from . import qemu
 
 QEMU = "app-emulation/qemu"
 TARGET_FLAG = "qemu_softmmu_targets_"
-SOURCES = ("options", "portage", "ROOT/usr/bin")
 
 
 class Merge(namedtuple("Merge", "installed pending targets source known note")):

@@ -77,6 +77,11 @@ def summary(findings: Sequence[Finding], colour: bool = False, clean: str = "") 
     return f"{_star(level, colour)}{errors} error(s), {warnings} warning(s)."
 
 
+def scanned_text(scanned: Sequence[tuple[str, int]]) -> str:
+    """'N in FOLDER, ...': how many configs were read where."""
+    return ", ".join(f"{n} in {folder}" for folder, n in scanned)
+
+
 def render_text(
     findings: Sequence[Finding],
     fix_command: str,

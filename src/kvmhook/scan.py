@@ -39,8 +39,6 @@ class Tree:
 
     def counts(self) -> list[tuple[str, int]]:
         """(folder, how many *.xml entries it holds) for each folder scanned."""
-        import os
-
         return [
             (f.path, sum(1 for e in os.scandir(f.fd) if e.name.endswith(".xml")))
             for f in self.folders
@@ -97,19 +95,9 @@ def _safely(config: Config, facts: rules.Facts, verify: bool) -> Outcome:
     try:
         return assess(config, facts, verify)
     except Exception as err:  # one bad file is one finding, never the end of the run
-        why = f"kvmhook could not handle it ({type(err).__name__}: {err}); left as it is"
-        tripped = bool(config.globbed and config.data and domains.mention_lines(config.data))
-        finding = Finding(
-            file=config.path,
-            line=None,
-            domain=None,
-            kind="unparsable",
-            severity="error" if tripped else "warning",
-            current=None,
-            proposed=None,
-            message=why + ("; the qemu ebuild's grep matches it" if tripped else ""),
-        )
-        return Outcome(config._replace(data=None), (finding,), None)
+        why = f"kvmhook could not handle it ({type(err).__name__}: {err})"
+        config = config._replace(domain=None, problem_kind="unparsable", problem=why)
+        return Outcome(config._replace(data=None), tuple(rules.unreadable(config, facts)), None)
 
 
 def _folder_outcome(problem: domains.FolderProblem) -> Outcome:

@@ -262,7 +262,7 @@ def _apply_meta(fd: int, meta: Meta, keep_mtime: bool) -> None:
         os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
 
 
-def _read_at(dir_fd: int, name: str, limit: int | None = None) -> tuple[bytes, Meta] | None:
+def read_at(dir_fd: int, name: str, limit: int | None = None) -> tuple[bytes, Meta] | None:
     """A regular file's bytes and metadata, or None when it is missing or not a regular
     file (a link, a device: never opened as such)."""
     try:
@@ -490,7 +490,7 @@ def clean_stale_temps(folders: Sequence[Folder], state: State | None = None) -> 
 
 
 def _unchanged_or_fail(plan: Planned) -> Meta:
-    current = _read_at(plan.folder.fd, plan.name)
+    current = read_at(plan.folder.fd, plan.name)
     if current is None or current[0] != plan.old:
         raise StoreError(f"{plan.path} changed while kvmhook was working; run it again")
     return current[1]
@@ -516,7 +516,7 @@ def note_rewrite(state: State, run_path: str, folder: Folder, name: str) -> None
         return
     try:
         manifest = _manifest(run_fd)
-        current = _read_at(folder.fd, name)
+        current = read_at(folder.fd, name)
         if manifest is None or current is None:
             return
         rel = f"{folder.rel}/{name}"
@@ -550,7 +550,7 @@ def _remove_run(state: State, run: str, run_fd: int) -> None:
 
 def _manifest(run_fd: int) -> dict | None:
     try:
-        current = _read_at(run_fd, MANIFEST, MANIFEST_MAX)
+        current = read_at(run_fd, MANIFEST, MANIFEST_MAX)
         doc = json.loads(current[0]) if current is not None else None
     except (OSError, ValueError):
         return None
@@ -685,7 +685,7 @@ def _undo_entry(
         meta = Meta.from_json(entry.get("meta"))
     except ValueError as err:
         return path, f"{err}{keep}"
-    current = _read_at(folder.fd, name)
+    current = read_at(folder.fd, name)
     if current is None:
         return path, f"missing or no longer a regular file since the fix{keep}"
     digest = sha256(current[0])
@@ -694,7 +694,7 @@ def _undo_entry(
     rewritten = entry.get("rewritten_sha256", ())
     if digest not in (entry["new_sha256"], *(rewritten if isinstance(rewritten, list) else ())):
         return path, f"changed since the fix run{keep}"
-    original = _read_at(run_fd, raw_backup, MANIFEST_MAX)
+    original = read_at(run_fd, raw_backup, MANIFEST_MAX)
     if original is None or sha256(original[0]) != entry["sha256"]:
         return path, f"its backup {backup} is missing or damaged"
     try:
@@ -713,7 +713,7 @@ def write_atomic(path: str, data: bytes, new_mode: int = 0o644) -> None:
     os.makedirs(folder, exist_ok=True)
     dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        current = _read_at(dir_fd, name)
+        current = read_at(dir_fd, name)
         fresh = Meta(new_mode, os.geteuid(), os.getegid(), 0, ())
         meta = current[1] if current is not None else fresh
         _replace_one(dir_fd, name, data, meta, keep_mtime=False)
