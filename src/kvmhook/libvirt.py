@@ -378,6 +378,16 @@ def sync(conn, uri: str, path: str, data: bytes) -> Synced | None:
     )
 
 
+class Daemon(namedtuple("Daemon", "uri reached via note")):
+    """What became of the daemon link: its URI (or None), whether it was reached, through
+    what ("libvirt-python" or "virsh"), and one line about it."""
+
+    __slots__ = ()
+
+    def as_json(self) -> dict:
+        return {"uri": self.uri, "reached": self.reached, "via": self.via, "note": self.note}
+
+
 class Link:
     """A reached daemon, or why none was: what fix, undo and check say about it.
 
@@ -407,9 +417,9 @@ class Link:
         """Whether a file in the folder with this identity belongs to this daemon."""
         return self.conn is not None and identity is not None and identity == self.folder
 
-    def as_json(self) -> dict:
+    def state(self) -> Daemon:
         via = getattr(self.conn, "via", None)
-        return {"uri": self.uri, "reached": self.conn is not None, "via": via, "note": self.note}
+        return Daemon(self.uri, self.conn is not None, via, self.note)
 
     def close(self) -> None:
         if self.conn is not None and not getattr(self, "_closed", False):

@@ -7,6 +7,10 @@ from collections.abc import Sequence
 
 from .findings import Finding
 
+TYPE_CHECKING = False  # typing itself costs 3 ms at start
+if TYPE_CHECKING:
+    from .api import Result
+
 SCHEMA = 1
 _COLOURS = {"error": "\033[31;01m", "warning": "\033[33;01m", "info": "\033[32;01m"}
 _RESET = "\033[0m"
@@ -246,3 +250,79 @@ def sync_texts(s, uri: str | None) -> list[str]:
 def sync_lines(s, uri: str | None, colour: bool = False) -> list[str]:
     star = _star("info" if s.verified else "error", colour)
     return [f"{star}{clean(text)}" for text in sync_texts(s, uri)]
+
+
+# Whole results (api.Result) as the command line and the hook print them.
+
+
+def result_json(result: Result) -> str:
+    """The --json document of a result: the same keys, in the same order, as ever."""
+    extra: dict[str, object] = {}
+    if result.command == "fix" and result.dry_run:
+        extra["diff"] = result.diff
+    elif result.command == "fix":
+        extra["changes"] = [f.as_json() for f in result.changes]
+    extra["daemon"] = result.daemon.as_json()
+    if result.command in ("fix", "undo") and not result.dry_run:
+        extra["synced"] = [s.as_json() for s in result.synced]
+    if result.merge is not None:
+        extra["merge"] = result.merge.as_json()
+    if result.scanned is not None:
+        extra["scanned"] = [{"folder": f, "configs": n} for f, n in result.scanned]
+    return render_json(result.root, result.findings, result.fixed, result.backup, **extra)
+
+
+def result_text(result: Result, colour: bool = False) -> str:
+    """What check, fix and undo print without --json (a dry run's diff comes first)."""
+    if result.command == "undo":
+        if result.backup is None:
+            head = [info("Nothing to undo: no fix run has backups here.", colour)]
+        else:
+            head = [info(f"Restored {path}", colour) for path in result.fixed]
+            head.append(info(f"from {result.backup}", colour))
+        head += _daemon_lines(result, colour)
+        return render_text(result.findings, "", colour, head, "Done.")
+    head = [info(result.merge.line(result.root), colour), *_scanned_lines(result, colour)]
+    text = ""
+    if result.command == "fix" and result.dry_run:
+        text = clean_diff(result.diff or "")
+    elif result.command == "fix":
+        head += [change_line(f, colour) for f in result.changes]
+        if result.backup:
+            head.append(
+                info(
+                    f"Backups in {result.backup}; to put the files back: {result.undo_command}",
+                    colour,
+                )
+            )
+    head += _daemon_lines(result, colour)
+    return text + render_text(result.findings, result.fix_command, colour, head)
+
+
+def _daemon_lines(result: Result, colour: bool) -> list[str]:
+    lines = [info(result.daemon.note, colour)]
+    return lines + [
+        line for s in result.synced for line in sync_lines(s, result.daemon.uri, colour)
+    ]
+
+
+def _scanned_lines(result: Result, colour: bool) -> list[str]:
+    """How many configs were read where: nothing read is never an all-clear."""
+    if not result.scanned:
+        return [info("Read no domain configs: no config folder was found.", colour)]
+    total = sum(n for _, n in result.scanned)
+    return [info(f"Read {total} domain config(s): {scanned_text(result.scanned)}", colour)]
+
+
+def portage_lines(result: Result) -> list[str]:
+    """The hook's 'eerror|ewarn|elog|einfo TEXT' lines for a hook result."""
+    scanned = scanned_text(result.scanned or ()) or "none"
+    lines = [f"einfo kvmhook: read the libvirt domain configs: {scanned}"]
+    if result.mode == "fix":
+        lines += portage_changes(result.changes, result.backup, result.undo_command)
+        uri = result.daemon.uri
+        lines += [f"elog {text.strip()}" for s in result.synced for text in sync_texts(s, uri)]
+        if result.backup and not result.daemon.reached:
+            lines.append(f"elog kvmhook: {result.daemon.note}")
+    commands = (result.fix_command, result.undo_command)
+    return lines + portage_findings(result.findings, commands, result.stop, result.mode)

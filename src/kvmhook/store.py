@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from .domains import Folder, read_all, untrusted, user_name
+from .errors import KvmhookError
 
 STATE_DIR = "var/lib/kvmhook"
 USER_STATE_DIR = ".local/state/kvmhook"
@@ -36,8 +37,11 @@ _TEMP_NAME = re.compile(r"\..+\.kvmhook-[0-9a-f]+\.tmp")
 _SHA = re.compile(r"[0-9a-f]{64}")
 
 
-class StoreError(Exception):
+class StoreError(KvmhookError):
     """kvmhook could not do its job; every original is as it was."""
+
+    def __init__(self, message: str):
+        super().__init__(message, intact=True)
 
 
 @dataclass(frozen=True)
