@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Root, domain_xml, run_module
+from conftest import Root, domain_xml, run_module, tmpfs
 
 from kvmhook import store
 
@@ -113,18 +113,6 @@ def test_simulated_read_only(root, monkeypatch):
 
 # Real mounts: CI runs as root, where these show the same on a real file system.
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str):
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)], check=True
-    )
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def fill(path: Path, leave_pages: int) -> None:
