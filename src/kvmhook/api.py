@@ -12,6 +12,7 @@ do its job; findings (even errors) are part of a Result, not exceptions.
 from __future__ import annotations
 
 import os
+from collections import namedtuple
 from collections.abc import Iterable, Sequence
 
 from . import libvirt, merge, rules, scan
@@ -37,7 +38,8 @@ class Result:
     synced: what became of each daemon copy (libvirt.Synced).
     daemon: the daemon link (libvirt.Daemon); merge: the pending qemu merge (merge.Merge), or
       None for undo; scanned: (folder, number of configs) for each folder read, or None.
-    diff: the unified diff of what was (or would be) written, when asked for, else None.
+    diffs: (file, its unified diff) for each file written (or, dry_run, to be written), when
+      asked for, else None; diff joins them.
     fix_command, undo_command: the shell commands that fix or undo what this run saw.
     mode: the hook's mode ("explain", "fix" or "warn"), else None.
     """
@@ -54,7 +56,7 @@ class Result:
         "daemon",
         "merge",
         "scanned",
-        "diff",
+        "diffs",
         "dry_run",
         "fix_command",
         "undo_command",
@@ -75,7 +77,7 @@ class Result:
         synced: Sequence[libvirt.Synced] = (),
         merge: merge.Merge | None = None,
         scanned: Sequence[tuple[str, int]] | None = None,
-        diff: str | None = None,
+        diffs: Sequence[tuple[str, str]] | None = None,
         dry_run: bool = False,
         fix_command: str = "",
         undo_command: str = "",
@@ -93,7 +95,7 @@ class Result:
             synced=tuple(synced),
             merge=merge,
             scanned=tuple(scanned) if scanned is not None else None,
-            diff=diff,
+            diffs=tuple(diffs) if diffs is not None else None,
             dry_run=dry_run,
             fix_command=fix_command,
             undo_command=undo_command,
@@ -120,6 +122,10 @@ class Result:
             f"Result({self.command!r}, {self.root!r}, {len(self.findings)} finding(s),"
             f" {len(self.fixed)} file(s) written, backup={self.backup!r})"
         )
+
+    @property
+    def diff(self) -> str | None:
+        return None if self.diffs is None else "".join(text for _, text in self.diffs)
 
     @property
     def errors(self) -> tuple[Finding, ...]:
@@ -212,7 +218,7 @@ def fix(
                         planned=[o.config.path for o in outcomes if o.new_data or o.daemon_behind],
                         merge=options.merge,
                         scanned=scanned,
-                        diff=_diff(outcomes),
+                        diffs=_diffs(outcomes),
                         dry_run=True,
                         fix_command=options.fix_command(),
                         undo_command=options.undo_command(),
@@ -501,27 +507,20 @@ def _planned_changes(outcomes: Sequence[scan.Outcome]) -> list[Finding]:
     ]
 
 
-def _diff(outcomes: Sequence[scan.Outcome]) -> str:
+def _diffs(outcomes: Sequence[scan.Outcome]) -> list[tuple[str, str]]:
     from . import edit
 
-    return "".join(
-        edit.unified_diff(o.config.path, o.config.data or b"", o.new_data)
+    return [
+        (o.config.path, edit.unified_diff(o.config.path, o.config.data or b"", o.new_data))
         for o in outcomes
         if o.new_data is not None
-    )
+    ]
 
 
-class _Done:
+class _Done(namedtuple("_Done", "changes run after synced diffs")):
     """What the fix transaction did."""
 
-    def __init__(self, changes, run, after, synced, diff):
-        self.changes, self.run, self.after, self.synced, self.diff = (
-            changes,
-            run,
-            after,
-            synced,
-            diff,
-        )
+    __slots__ = ()
 
 
 def _fixed_result(
@@ -543,7 +542,7 @@ def _fixed_result(
         synced=done.synced,
         merge=options.merge,
         scanned=scanned,
-        diff=done.diff,
+        diffs=done.diffs,
         fix_command=options.fix_command(),
         undo_command=options.undo_command(),
     )
@@ -563,7 +562,7 @@ def _transaction(
     if not any(o.new_data is not None or o.daemon_behind for o in outcomes):
         if store.stale_temps(tree.folders):
             _clean_up(tree)
-        return _Done([], None, outcomes, [], "" if want_diff else None)
+        return _Done([], None, outcomes, [], [] if want_diff else None)
     state = store.open_state(root, create=True)
     try:
         with store.lock(state):
@@ -589,7 +588,7 @@ def _transaction(
             after = scan.scan(tree, facts)
     finally:
         state.close()
-    return _Done(_planned_changes(todo), run, after, synced, _diff(edited) if want_diff else None)
+    return _Done(_planned_changes(todo), run, after, synced, _diffs(edited) if want_diff else None)
 
 
 class _OneError:
