@@ -29,6 +29,11 @@ distutils_enable_tests() { echo "tests $1"; }
 distutils-r1_src_install() { echo "distutils install"; }
 insinto() { dest=$1; }
 doins() { mkdir -p "${D}${dest}" && cp "$@" "${D}${dest}/"; }
+doman() { mkdir -p "${D}/usr/share/man/man1" && cp "$@" "${D}/usr/share/man/man1/"; }
+dobashcomp() {
+	mkdir -p "${D}/usr/share/bash-completion/completions" &&
+		cp "$@" "${D}/usr/share/bash-completion/completions/"
+}
 elog() { echo "elog $*"; }
 die() { echo "die $*" >&2; exit 1; }
 """
@@ -70,6 +75,7 @@ def test_ebuild_metadata(ebuild, tmp_path):
     assert "tests pytest" in lines and "PLUGINS=hypothesis" in lines
     inherits = " ".join(line for line in lines if line.startswith("inherit "))
     assert "distutils-r1" in inherits and "optfeature" in inherits
+    assert "shell-completion" in inherits
     live = pv == "9999"
     assert ("git-r3" in inherits) == live and ("pypi" in inherits) != live
     assert ("KEYWORDS=" in lines) == live  # the live ebuild has no keywords
@@ -93,6 +99,11 @@ def installed_image(tmp_path: Path) -> tuple[Path, str]:
 def test_ebuild_installs_a_snippet_that_runs_the_kvmhook_command(tmp_path):
     image, out = installed_image(tmp_path)
     assert "distutils install" in out
+    # the man page and the bash completion, as the repository holds them
+    man = image / "usr/share/man/man1/kvmhook.1"
+    assert man.read_bytes() == (TOP / "man/kvmhook.1").read_bytes()
+    completion = image / "usr/share/bash-completion/completions/kvmhook"
+    assert completion.read_bytes() == (TOP / "completions/kvmhook").read_bytes()
     installed = (image / "usr/share/kvmhook/kvmhook.sh").read_text()
     original = (TOP / "bashrc.d/kvmhook.sh").read_text()
     entry = tmp_path / "prefix/usr/bin/kvmhook"

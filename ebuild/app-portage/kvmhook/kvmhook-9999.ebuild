@@ -8,7 +8,7 @@ EAPI=8
 DISTUTILS_USE_PEP517=setuptools
 PYTHON_COMPAT=( python3_{12..15} )
 
-inherit distutils-r1 optfeature
+inherit distutils-r1 optfeature shell-completion
 
 if [[ ${PV} == 9999 ]]; then
 	inherit git-r3
@@ -47,6 +47,10 @@ EPYTEST_IGNORE=(
 	tests/test_merge.py
 	# The overlay is not part of the sdist.
 	tests/test_overlay.py
+	# ansible-test fetches its own tools from PyPI.
+	tests/test_ansible.py
+	# It renders the man page with groff and man-db, which the build need not have.
+	tests/test_manpage.py
 )
 EPYTEST_DESELECT=(
 	# ptrace (strace) is denied inside the sandbox
@@ -75,6 +79,8 @@ src_install() {
 		die "the snippet's entry point was not set"
 	insinto /usr/share/kvmhook
 	doins "${T}"/kvmhook.sh
+	doman man/kvmhook.1
+	dobashcomp completions/kvmhook
 }
 
 pkg_postinst() {
