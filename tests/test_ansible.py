@@ -232,3 +232,28 @@ def test_ansible_test_sanity_passes_for_the_module(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     ran = re.findall(r'Running sanity test "([a-z0-9-]+)"', proc.stdout + proc.stderr)
     assert {"validate-modules", "ansible-doc", "pylint", "import", "compile"} <= set(ran)
+
+
+def test_the_readme_playbook_names_real_modules(tmp_path):
+    readme = (TOP / "README.md").read_text()
+    block = readme.split("<!-- playbook: tests/test_ansible.py checks its syntax -->\n```yaml\n")[1]
+    playbook = tmp_path / "site.yml"
+    playbook.write_text(block.split("```")[0])
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text("[hypervisors]\nlocalhost\n")
+    proc = subprocess.run(
+        [str(BIN / "ansible-playbook"), "--syntax-check", "-i", str(inventory), str(playbook)],
+        capture_output=True,
+        text=True,
+        env=ansible_env(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # a module name that does not exist is refused the same way
+    playbook.write_text(playbook.read_text().replace("libvirt_configs", "libvirt_confs"))
+    proc = subprocess.run(
+        [str(BIN / "ansible-playbook"), "--syntax-check", "-i", str(inventory), str(playbook)],
+        capture_output=True,
+        text=True,
+        env=ansible_env(tmp_path),
+    )
+    assert proc.returncode != 0

@@ -1,4 +1,5 @@
-"""Command line: kvmhook check | fix | undo."""
+"""Command line: kvmhook check | fix | undo | hook. It parses arguments and renders
+kvmhook.api results; the work is in the API."""
 
 from __future__ import annotations
 
