@@ -279,6 +279,28 @@ def test_6_a_device_behind_a_link_is_never_opened(root, monkeypatch):
     watch.close()
 
 
+@pytest.mark.single_scan  # it swaps an entry during the scan
+def test_6_a_users_regular_file_swapped_for_a_device_is_never_opened(host, monkeypatch):
+    # Only in folders that root (or the invoker) alone can change is a regular entry opened
+    # directly; in a user's folder the entry is pinned first, whatever the listing said.
+    folder = user_folder(host, {"vm.xml": domain_xml("vm")})
+    os.mknod(folder / ".next", stat.S_IFCHR | 0o600, os.makedev(1, 3))  # a device node
+    watch = OpenWatch(folder / ".next")  # inotify watches the node, whatever its name
+    real = domains.entries
+
+    def listed_then_swapped(folders):
+        found = real(folders)
+        assert [(f.why is None, n, regular) for f, n, regular in found] == [(False, "vm.xml", True)]
+        os.rename(folder / ".next", folder / "vm.xml")  # where the listing saw a file
+        return found
+
+    monkeypatch.setattr(domains, "entries", listed_then_swapped)
+    code, doc = host.json("check", "--session")
+    assert [f["kind"] for f in by_name(doc)["vm.xml"]] == ["not-a-file"]
+    assert not watch.opened(), "the device was opened"
+    watch.close()
+
+
 # 7: undo trusts neither the manifest nor a state folder someone else can steer.
 
 

@@ -230,22 +230,57 @@ def config_folders(
         os.close(root_fd)
 
 
-def entries(folders: list[Folder]) -> list[tuple[Folder, str]]:
-    """Every top-level *.xml entry of each folder, in order."""
-    return [
-        (folder, name)
-        for folder in folders
-        for name in sorted(e.name for e in os.scandir(folder.fd) if e.name.endswith(".xml"))
-    ]
+def entries(folders: list[Folder]) -> list[tuple[Folder, str, bool]]:
+    """Every top-level *.xml entry of each folder, in order, and whether the folder listing
+    says it is a regular file (no stat: getdents' d_type)."""
+    found = []
+    for folder in folders:
+        names = [
+            (e.name, e.is_file(follow_symlinks=False))
+            for e in os.scandir(folder.fd)
+            if e.name.endswith(".xml")
+        ]
+        found += [(folder, name, regular) for name, regular in sorted(names)]
+    return found
 
 
 def read_all_configs(
-    found: list[tuple[Folder, str]], clean: Callable[[bytes], bool] | None = None
+    found: list[tuple[Folder, str, bool]], clean: Callable[[bytes], bool] | None = None
 ) -> Iterator[Config]:
-    for folder, name in found:
+    for folder, name, regular in found:
+        config = None
+        if regular and folder.why is None:
+            config = _read_direct(folder, name, clean)
+        if config is not None:
+            if config is not _CLEAN:
+                yield config
+            continue
         config = read_config(folder, name, clean)
         if config is not None:
             yield config
+
+
+def _read_direct(folder: Folder, name: str, clean: Callable[[bytes], bool] | None) -> Config | None:
+    """A regular file in a folder that only root or the invoker can change, opened directly
+    (no one else can swap the entry between the listing and the open; O_NOFOLLOW and
+    O_NONBLOCK cover root's own links and FIFOs). _CLEAN when it is proven clean; None when
+    it is not a regular file after all, or cannot be opened: the pinned path decides."""
+    try:
+        fd = os.open(name, _READ | os.O_NOFOLLOW, dir_fd=folder.fd)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return _from_regular(folder, name, fd, st, clean) or _CLEAN
+    except OSError:
+        return None
+    except Exception as err:  # one bad file is one finding, never the end of the run
+        path = os.path.join(folder.path, name)
+        return Config(path, "file", problem_kind="unparsable", problem=_crash(err), folder=folder)
+    finally:
+        os.close(fd)
 
 
 class Emulator(namedtuple("Emulator", "index text line span")):
@@ -298,6 +333,9 @@ class Config(
     @property
     def name(self) -> str:
         return os.path.basename(self.path)
+
+
+_CLEAN = Config(None, "file")  # said of a file proven clean: nothing to report
 
 
 def _entry_kind(mode: int) -> str:
@@ -395,23 +433,31 @@ def _read_pinned(
         )
     fd, st = reopen(pinned, name, folder.fd, st)
     try:
-        data, lines = _read_capped(fd, st.st_size)
+        return _from_regular(folder, name, fd, st, clean)
     finally:
         os.close(fd)
+
+
+def _from_regular(
+    folder: Folder, name: str, fd: int, st: os.stat_result, clean: Callable[[bytes], bool] | None
+) -> Config | None:
+    """The config in the regular file open at fd, or None when its bytes prove it clean."""
+    data, lines = _read_capped(fd, st.st_size)
+    if lines is None and clean is not None and clean(data) and plain_domain(data):
+        return None
+    path = os.path.join(folder.path, name)
     if lines is not None:
         return Config(
             path,
-            kind,
+            "file",
             problem_kind="unparsable",
             problem=f"larger than {MAX_SIZE // (1024 * 1024)} MiB, not a domain config"
             f" (only its first {MAX_SIZE // (1024 * 1024)} MiB were read)",
             mention_lines=lines,
             folder=folder,
         )
-    if clean is not None and clean(data) and plain_domain(data):
-        return None
     domain, problem_kind, problem = parse(data)
-    return Config(path, kind, data, domain, problem_kind, problem, folder=folder)
+    return Config(path, "file", data, domain, problem_kind, problem, folder=folder)
 
 
 def plain_domain(data: bytes) -> bool:
