@@ -75,12 +75,19 @@ def test_fix_then_undo_on_the_corpus(corpus_root):
     again = api.fix(str(corpus_root.path), targets=TARGETS)
     assert not again.changed and again.fixed == () and again.backup is None
 
+    fixed_now = {p.name: p.read_bytes() for p in corpus_root.qemu.iterdir()}
+    plan = api.undo(str(corpus_root.path), dry_run=True)
+    assert plan.dry_run and plan.changed and plan.backup == done.backup
+    assert list(plan.planned) == list(done.fixed)
+    assert {p.name: p.read_bytes() for p in corpus_root.qemu.iterdir()} == fixed_now
+
     undone = api.undo(str(corpus_root.path))
     assert undone.command == "undo" and undone.changed
     assert undone.backup == done.backup and sorted(undone.fixed) == list(done.fixed)
     assert not undone.findings
     assert {p.name: p.read_bytes() for p in corpus_root.qemu.iterdir()} == originals
     assert api.undo(str(corpus_root.path)).backup is None  # nothing left to undo
+    assert not api.undo(str(corpus_root.path), dry_run=True).changed
     assert [r.folder for r in api.runs(str(corpus_root.path))] == [done.backup]
 
 
@@ -136,6 +143,7 @@ def test_the_text_is_the_rendered_result(root):
         (lambda r: api.check(str(r), targets=[]), "--targets: empty"),
         (lambda r: api.fix(str(r), qemu_version="ten"), "is not a version"),
         (lambda r: api.undo(str(r), run="nope"), "no backup run"),
+        (lambda r: api.undo(str(r), run="nope", dry_run=True), "no backup run"),
         (lambda r: api.hook(str(r), mode="loud"), "unknown mode"),
     ],
 )

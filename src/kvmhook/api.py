@@ -289,13 +289,19 @@ def hook(
         return _replace(result, findings=findings, mode=mode)
 
 
-def undo(root: str = "/", *, run: str | None = None, connect: str | None = None) -> Result:
+def undo(
+    root: str = "/", *, run: str | None = None, connect: str | None = None, dry_run: bool = False
+) -> Result:
     """Put back the files of the last fix run (or of run, an id from runs()), refusing any
-    file changed since; a reached daemon is told about each restored file."""
+    file changed since; a reached daemon is told about each restored file. With dry_run,
+    nothing is written and no daemon is asked: planned holds the files the run would put
+    back, and backup the run."""
     with _OneError():
         from . import store
 
         root = root_folder(root)
+        if dry_run:
+            return _undo_plan(root, run)
         link = libvirt.attach(connect, root, False)
         synced: list[libvirt.Synced] = []
         undone = store.UndoResult(None, (), ())
@@ -342,6 +348,25 @@ def undo(root: str = "/", *, run: str | None = None, connect: str | None = None)
             synced=synced,
             undo_command=undo_command(root),
         )
+
+
+def _undo_plan(root: str, run: str | None) -> Result:
+    daemon = libvirt.Daemon(None, False, None, "no libvirt daemon asked: a dry run")
+    for found in runs(root):
+        if found.id == run or (run is None and found.state != "undone"):
+            held = sorted(e.path for e in found.entries if not e.restored)
+            return Result(
+                "undo",
+                root,
+                daemon,
+                planned=held,
+                backup=found.folder,
+                dry_run=True,
+                undo_command=undo_command(root),
+            )
+    if run is not None:
+        raise KvmhookError(f"no backup run {run!r} (kvmhook undo --list)")
+    return Result("undo", root, daemon, dry_run=True, undo_command=undo_command(root))
 
 
 def runs(root: str = "/") -> tuple:

@@ -226,15 +226,6 @@ else:
 MAX_NAMED = 5  # findings named in a failure message
 
 
-def _would_undo(root, run):
-    """In check mode: the run undo would restore, and the files it still holds."""
-    for found in api.runs(root):
-        if (run is None and found.state != "undone") or found.id == run:
-            held = [entry.path for entry in found.entries if not entry.restored]
-            return found.folder, sorted(held)
-    return None, []
-
-
 def _as_json(result):
     doc = {
         "findings": [f.as_json() for f in result.findings],
@@ -244,10 +235,10 @@ def _as_json(result):
         "errors": len(result.errors),
         "needs_fix": any(f.fixable for f in result.errors),
     }
+    if result.dry_run:
+        doc["fixed"] = list(result.planned)
     if result.command == "fix":
         doc["changes"] = [f.as_json() for f in result.changes]
-        if result.dry_run:
-            doc["fixed"] = list(result.planned)
     if result.command in ("fix", "undo") and not result.dry_run:
         doc["synced"] = [s.as_json() for s in result.synced]
     if result.merge is not None:
@@ -295,19 +286,10 @@ def main():
         connect=p["connect"],
     )
     try:
-        if p["state"] == "undone" and module.check_mode:
-            backup, held = _would_undo(p["root"], p["run"])
-            module.exit_json(
-                changed=bool(held),
-                findings=[],
-                fixed=held,
-                backup=backup,
-                errors=0,
-                needs_fix=False,
-                daemon={},
+        if p["state"] == "undone":
+            result = api.undo(
+                p["root"], run=p["run"], connect=p["connect"], dry_run=module.check_mode
             )
-        elif p["state"] == "undone":
-            result = api.undo(p["root"], run=p["run"], connect=p["connect"])
         elif p["state"] == "fixed":
             result = api.fix(
                 p["root"],
