@@ -171,6 +171,19 @@ def root(tmp_path: Path, capsys) -> Root:
     return Root(tmp_path / "root", capsys)
 
 
+# The targets the corpus's domains need binaries for.
+CORPUS_TARGETS = ("x86_64", "i386", "aarch64", "arm", "ppc64", "riscv64", "s390x", "loongarch64")
+
+
+@pytest.fixture
+def corpus_root(tmp_path: Path, capsys) -> Root:
+    """A root whose config folder holds a copy of the shared corpus."""
+    r = Root(tmp_path / "root", capsys, binaries=CORPUS_TARGETS)
+    for path in sorted(CORPUS.glob("*.xml")):
+        shutil.copy(path, r.qemu / path.name)
+    return r
+
+
 @pytest.fixture(autouse=True)
 def fast_path_matches_the_full_path(monkeypatch, request):
     """In every test that runs kvmhook in this process, the scan runs both ways, the fast

@@ -6,26 +6,17 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 
 import pytest
-from conftest import CORPUS, Root, domain_xml, needs_root, tmpfs
+from conftest import CORPUS, CORPUS_TARGETS, Root, domain_xml, needs_root, tmpfs
 from hypothesis import given
 from hypothesis import strategies as st
-from test_corpus import TARGETS, wrapper_files
+from test_corpus import wrapper_files
 
 from kvmhook import api, report
 
 corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"the shared corpus is not at {CORPUS}")
-
-
-@pytest.fixture
-def corpus_root(tmp_path, capsys) -> Root:
-    r = Root(tmp_path / "root", capsys, binaries=TARGETS)
-    for path in sorted(CORPUS.glob("*.xml")):
-        shutil.copy(path, r.qemu / path.name)
-    return r
 
 
 def wrapper_paths(r: Root) -> list[str]:
@@ -35,14 +26,14 @@ def wrapper_paths(r: Root) -> list[str]:
 @corpus
 def test_check_on_the_corpus(corpus_root):
     before = corpus_root.snapshot()
-    result = api.check(str(corpus_root.path), targets=TARGETS)
+    result = api.check(str(corpus_root.path), targets=CORPUS_TARGETS)
     assert result.command == "check" and result.root == str(corpus_root.path)
     wrappers = sorted({f.file for f in result.findings if f.kind == "wrapper-emulator"})
     assert wrappers == wrapper_paths(corpus_root)
     assert result.has_errors and result.errors
     assert result.fixed == () and result.backup is None and not result.changed
     assert result.scanned == ((str(corpus_root.qemu), 135),)
-    assert result.merge.targets == frozenset(TARGETS) and result.merge.source == "options"
+    assert result.merge.targets == frozenset(CORPUS_TARGETS) and result.merge.source == "options"
     assert result.fix_command.startswith(f"kvmhook fix --root {corpus_root.path} --targets ")
     assert not result.daemon.reached
     assert corpus_root.snapshot() == before
@@ -51,7 +42,7 @@ def test_check_on_the_corpus(corpus_root):
 @corpus
 def test_a_dry_run_plans_and_writes_nothing(corpus_root):
     before = corpus_root.snapshot()
-    result = api.fix(str(corpus_root.path), targets=TARGETS, dry_run=True)
+    result = api.fix(str(corpus_root.path), targets=CORPUS_TARGETS, dry_run=True)
     assert result.dry_run and result.changed
     assert sorted(result.planned) == wrapper_paths(corpus_root)
     assert {f.kind for f in result.changes} == {"wrapper-emulator"}
@@ -64,7 +55,7 @@ def test_a_dry_run_plans_and_writes_nothing(corpus_root):
 @corpus
 def test_fix_then_undo_on_the_corpus(corpus_root):
     originals = {p.name: p.read_bytes() for p in corpus_root.qemu.iterdir()}
-    done = api.fix(str(corpus_root.path), targets=TARGETS, diff=True)
+    done = api.fix(str(corpus_root.path), targets=CORPUS_TARGETS, diff=True)
     assert done.changed and not done.dry_run
     assert list(done.fixed) == wrapper_paths(corpus_root)
     assert not [f for f in done.findings if f.kind == "wrapper-emulator"]
@@ -72,7 +63,7 @@ def test_fix_then_undo_on_the_corpus(corpus_root):
     assert {f.file for f in done.changes} == set(done.fixed)
     for path in done.fixed:
         assert f"+++ {path}\n" in done.diff
-    again = api.fix(str(corpus_root.path), targets=TARGETS)
+    again = api.fix(str(corpus_root.path), targets=CORPUS_TARGETS)
     assert not again.changed and again.fixed == () and again.backup is None
 
     fixed_now = {p.name: p.read_bytes() for p in corpus_root.qemu.iterdir()}

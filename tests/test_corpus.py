@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import difflib
 import os
-import shutil
 
 import pytest
-from conftest import CORPUS, Root
+from conftest import CORPUS
 from lxml import etree
 
 pytestmark = pytest.mark.skipif(
     not CORPUS.is_dir(), reason=f"the shared corpus is not at {CORPUS} (CI always has it)"
 )
-
-TARGETS = ("x86_64", "i386", "aarch64", "arm", "ppc64", "riscv64", "s390x", "loongarch64")
 
 
 def wrapper_files() -> set[str]:
@@ -25,14 +22,6 @@ def wrapper_files() -> set[str]:
             if os.path.basename((emulator.text or "").strip()) in ("qemu-kvm", "kvm"):
                 names.add(path.name)
     return names
-
-
-@pytest.fixture
-def corpus_root(tmp_path, capsys) -> Root:
-    r = Root(tmp_path / "root", capsys, binaries=TARGETS)
-    for path in sorted(CORPUS.glob("*.xml")):
-        shutil.copy(path, r.qemu / path.name)
-    return r
 
 
 def test_corpus_is_what_its_readme_says():

@@ -169,16 +169,7 @@ def check(
                 scanned = tree.counts()
         finally:
             link.close()
-        return Result(
-            "check",
-            options.root,
-            link.state(),
-            findings=_findings(outcomes),
-            merge=options.merge,
-            scanned=scanned,
-            fix_command=options.fix_command(),
-            undo_command=options.undo_command(),
-        )
+        return _result("check", options, link, scanned, findings=_findings(outcomes))
 
 
 def fix(
@@ -209,19 +200,16 @@ def fix(
                 outcomes = scan.scan(tree, facts, verify=dry_run)
                 scanned = tree.counts()
                 if dry_run:
-                    return Result(
+                    return _result(
                         "fix",
-                        options.root,
-                        link.state(),
+                        options,
+                        link,
+                        scanned,
                         findings=_findings(outcomes),
                         changes=_planned_changes(outcomes),
                         planned=[o.config.path for o in outcomes if o.new_data or o.daemon_behind],
-                        merge=options.merge,
-                        scanned=scanned,
                         diffs=_diffs(outcomes),
                         dry_run=True,
-                        fix_command=options.fix_command(),
-                        undo_command=options.undo_command(),
                     )
                 done = _transaction(options.root, tree, facts, outcomes, link, diff)
         finally:
@@ -268,16 +256,7 @@ def hook(
         if done is not None:
             result = _fixed_result("hook", options, link, done, scanned)
         else:
-            result = Result(
-                "hook",
-                options.root,
-                link.state(),
-                findings=_findings(outcomes),
-                merge=options.merge,
-                scanned=scanned,
-                fix_command=options.fix_command(),
-                undo_command=options.undo_command(),
-            )
+            result = _result("hook", options, link, scanned, findings=_findings(outcomes))
         findings = result.findings
         if machines == "warn":  # KVMHOOK_MACHINES=warn: the user accepts it
             findings = tuple(
@@ -548,6 +527,26 @@ class _Done(namedtuple("_Done", "changes run after synced diffs")):
     __slots__ = ()
 
 
+def _result(
+    command: str,
+    options: _Options,
+    link: libvirt.Link,
+    scanned: Sequence[tuple[str, int]],
+    **fields: object,
+) -> Result:
+    """A result of a run that scanned: what every such result says, and fields."""
+    return Result(
+        command,
+        options.root,
+        link.state(),
+        merge=options.merge,
+        scanned=scanned,
+        fix_command=options.fix_command(),
+        undo_command=options.undo_command(),
+        **fields,
+    )
+
+
 def _fixed_result(
     command: str,
     options: _Options,
@@ -556,20 +555,17 @@ def _fixed_result(
     scanned: Sequence[tuple[str, int]],
 ) -> Result:
     fixed = sorted({f.file for f in done.changes if f.change and f.change.what != "daemon"})
-    return Result(
+    return _result(
         command,
-        options.root,
-        link.state(),
+        options,
+        link,
+        scanned,
         findings=_not_updated(done.synced, _findings(done.after)),
         changes=done.changes,
         fixed=fixed,
         backup=done.run,
         synced=done.synced,
-        merge=options.merge,
-        scanned=scanned,
         diffs=done.diffs,
-        fix_command=options.fix_command(),
-        undo_command=options.undo_command(),
     )
 
 

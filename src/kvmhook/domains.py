@@ -248,39 +248,9 @@ def read_all_configs(
     found: list[tuple[Folder, str, bool]], clean: Callable[[bytes], bool] | None = None
 ) -> Iterator[Config]:
     for folder, name, regular in found:
-        config = None
-        if regular and folder.why is None:
-            config = _read_direct(folder, name, clean)
-        if config is not None:
-            if config is not _CLEAN:
-                yield config
-            continue
-        config = read_config(folder, name, clean)
+        config = read_config(folder, name, clean, regular)
         if config is not None:
             yield config
-
-
-def _read_direct(folder: Folder, name: str, clean: Callable[[bytes], bool] | None) -> Config | None:
-    """A regular file in a folder that only root or the invoker can change, opened directly
-    (no one else can swap the entry between the listing and the open; O_NOFOLLOW and
-    O_NONBLOCK cover root's own links and FIFOs). _CLEAN when it is proven clean; None when
-    it is not a regular file after all, or cannot be opened: the pinned path decides."""
-    try:
-        fd = os.open(name, _READ | os.O_NOFOLLOW, dir_fd=folder.fd)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        return _from_regular(folder, name, fd, st, clean) or _CLEAN
-    except OSError:
-        return None
-    except Exception as err:  # one bad file is one finding, never the end of the run
-        path = os.path.join(folder.path, name)
-        return Config(path, "file", problem_kind="unparsable", problem=_crash(err), folder=folder)
-    finally:
-        os.close(fd)
 
 
 class Emulator(namedtuple("Emulator", "index text line span")):
@@ -335,9 +305,6 @@ class Config(
         return os.path.basename(self.path)
 
 
-_CLEAN = Config(None, "file")  # said of a file proven clean: nothing to report
-
-
 def _entry_kind(mode: int) -> str:
     if stat.S_ISREG(mode):
         return "file"
@@ -375,21 +342,49 @@ def reopen(
 
 
 def read_config(
-    folder: Folder, name: str, clean: Callable[[bytes], bool] | None = None
+    folder: Folder, name: str, clean: Callable[[bytes], bool] | None = None, regular: bool = False
 ) -> Config | None:
-    path = os.path.join(folder.path, name)
+    """The config of one entry, or None when clean() and expat prove it clean. regular says
+    that the folder listing saw a regular file."""
     try:
-        pinned = os.open(name, _PIN, dir_fd=folder.fd)
+        opened = _open_direct(folder, name) if regular and folder.writable else None
+        if opened is None:
+            pinned = os.open(name, _PIN, dir_fd=folder.fd)
+            try:
+                return _read_pinned(folder, name, os.path.join(folder.path, name), pinned, clean)
+            finally:
+                os.close(pinned)
+        fd, st = opened
+        try:
+            return _from_regular(folder, name, fd, st, clean)
+        finally:
+            os.close(fd)
     except OSError as err:
-        return Config(path, "file", problem_kind="unreadable", problem=oserror(err), folder=folder)
-    try:
-        return _read_pinned(folder, name, path, pinned, clean)
-    except OSError as err:
+        path = os.path.join(folder.path, name)
         return Config(path, "file", problem_kind="unreadable", problem=oserror(err), folder=folder)
     except Exception as err:  # one bad file is one finding, never the end of the run
+        path = os.path.join(folder.path, name)
         return Config(path, "file", problem_kind="unparsable", problem=_crash(err), folder=folder)
-    finally:
-        os.close(pinned)
+
+
+def _open_direct(folder: Folder, name: str) -> tuple[int, os.stat_result] | None:
+    """A regular file in a folder that only root or the invoker can change, opened directly:
+    no one else can swap the entry between the listing and the open (O_NOFOLLOW and
+    O_NONBLOCK cover root's own links and FIFOs). None when it is not a regular file after
+    all, or cannot be opened so: the pinned path decides."""
+    try:
+        fd = os.open(name, _READ | os.O_NOFOLLOW, dir_fd=folder.fd)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if stat.S_ISREG(st.st_mode):
+        return fd, st
+    os.close(fd)
+    return None
 
 
 def _read_pinned(

@@ -100,24 +100,6 @@ def render_text(
     return "\n".join(lines) + "\n"
 
 
-def render_json(
-    root: str,
-    findings: Sequence[Finding],
-    fixed: Sequence[str] = (),
-    backup: str | None = None,
-    **extra: object,
-) -> str:
-    doc = {
-        "schema": SCHEMA,
-        "root": root,
-        "findings": [f.as_json() for f in findings],
-        "fixed": list(fixed),
-        "backup": backup,
-    }
-    doc.update(extra)
-    return dumps(doc) + "\n"
-
-
 class _JsonEscapes(dict):
     """What json.dumps (ensure_ascii) writes for each character outside printable ASCII."""
 
@@ -255,8 +237,8 @@ def sync_lines(s, uri: str | None, colour: bool = False) -> list[str]:
 # Whole results (api.Result) as the command line and the hook print them.
 
 
-def result_json(result: Result) -> str:
-    """The --json document of a result: the same keys, in the same order, as ever."""
+def result_doc(result: Result) -> dict:
+    """The --json document of a result as a dict: the same keys, in the same order, as ever."""
     extra: dict[str, object] = {}
     if result.command == "fix" and result.dry_run:
         extra["diff"] = result.diff
@@ -269,7 +251,18 @@ def result_json(result: Result) -> str:
         extra["merge"] = result.merge.as_json()
     if result.scanned is not None:
         extra["scanned"] = [{"folder": f, "configs": n} for f, n in result.scanned]
-    return render_json(result.root, result.findings, result.fixed, result.backup, **extra)
+    return {
+        "schema": SCHEMA,
+        "root": result.root,
+        "findings": [f.as_json() for f in result.findings],
+        "fixed": list(result.fixed),
+        "backup": result.backup,
+        **extra,
+    }
+
+
+def result_json(result: Result) -> str:
+    return dumps(result_doc(result)) + "\n"
 
 
 def result_text(result: Result, colour: bool = False) -> str:

@@ -216,9 +216,9 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
-    from kvmhook import api
+    from kvmhook import api, report
 except ImportError:
-    api = None
+    api = report = None
     IMPORT_ERROR = traceback.format_exc()
 else:
     IMPORT_ERROR = None
@@ -227,24 +227,16 @@ MAX_NAMED = 5  # findings named in a failure message
 
 
 def _as_json(result):
-    doc = {
-        "findings": [f.as_json() for f in result.findings],
-        "fixed": list(result.fixed),
-        "backup": result.backup,
-        "daemon": result.daemon.as_json(),
-        "errors": len(result.errors),
-        "needs_fix": any(f.fixable for f in result.errors),
-    }
+    """kvmhook's --json document, shaped for Ansible: fixed is what a dry run would change."""
+    doc = report.result_doc(result)
+    for key in ("schema", "root", "diff"):
+        doc.pop(key, None)
     if result.dry_run:
         doc["fixed"] = list(result.planned)
-    if result.command == "fix":
-        doc["changes"] = [f.as_json() for f in result.changes]
-    if result.command in ("fix", "undo") and not result.dry_run:
-        doc["synced"] = [s.as_json() for s in result.synced]
-    if result.merge is not None:
-        doc["merge"] = result.merge.as_json()
-    if result.scanned is not None:
-        doc["scanned"] = [{"folder": f, "configs": n} for f, n in result.scanned]
+        if result.command == "fix":
+            doc["changes"] = [f.as_json() for f in result.changes]
+    doc["errors"] = len(result.errors)
+    doc["needs_fix"] = any(f.fixable for f in result.errors)
     return doc
 
 
